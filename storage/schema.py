@@ -59,7 +59,9 @@ def _c(name: str, type_: pa.DataType, since: int, doc: str, **kw: bool) -> Colum
 METRICS_COLUMNS: tuple[Column, ...] = (
     # -- v1: the base table --------------------------------------------------
     _c("run_id", TEXT, 1, "run identifier (also the Hive partition)", nullable=False),
-    _c("step", INT, 1, "global step; unique per run (search candidates are offset)", nullable=False),
+    _c(
+        "step", INT, 1, "global step; unique per run (search candidates are offset)", nullable=False
+    ),
     _c("loss", REAL, 1, "training loss of the step", nullable=False),
     _c("val_loss", REAL, 1, "validation loss, on eval steps only"),
     _c("lr", REAL, 1, "learning rate used by the step"),
@@ -83,7 +85,13 @@ METRICS_COLUMNS: tuple[Column, ...] = (
     _c("weight_entropy", REAL, 2, "Shannon entropy of |w| over 100 bins, bits", symbio=True),
     _c("effective_rank", REAL, 2, "mean effective rank of 2-D weights", symbio=True),
     _c("free_energy", REAL, 2, "loss + beta * weight_entropy", symbio=True),
-    _c("population_entropy", REAL, 2, "entropy of softmax over recent losses/fitness, nats", symbio=True),
+    _c(
+        "population_entropy",
+        REAL,
+        2,
+        "entropy of softmax over recent losses/fitness, nats",
+        symbio=True,
+    ),
     _c("activation_distribution", TEXT, 2, "JSON map activation -> count", symbio=True),
     _c("mi_input_repr", REAL, 2, "I(X;T) bits", symbio=True),
     _c("mi_repr_output", REAL, 2, "I(T;Y) bits", symbio=True),
@@ -91,7 +99,9 @@ METRICS_COLUMNS: tuple[Column, ...] = (
     _c("fitness_score", REAL, 2, "multi-objective fitness, eval steps", symbio=True),
     _c("complexity_score", REAL, 2, "complexity term of fitness", symbio=True),
     _c("adaptive_batch_size", INT, 2, "batch size chosen by adaptive batching", symbio=True),
-    _c("batch_change_reason", TEXT, 2, "cusum_grad | cusum_clip | cusum_tps | restore", symbio=True),
+    _c(
+        "batch_change_reason", TEXT, 2, "cusum_grad | cusum_clip | cusum_tps | restore", symbio=True
+    ),
     _c("symbio_candidate_id", TEXT, 2, "search candidate of this row", symbio=True),
     _c("symbio_candidate_activation", TEXT, 2, "activation of that candidate", symbio=True),
     _c("symbio_generation", INT, 2, "search generation", symbio=True),
@@ -105,7 +115,9 @@ RUNS_COLUMNS: tuple[Column, ...] = (
     _c("model_config", TEXT, 1, "JSON of the model config"),
     _c("train_config", TEXT, 1, "JSON of the resolved train config"),
     _c("started_at", TS, 1, "when training started"),
-    _c("updated_at", TS, 1, "when this version of the row was written; newest wins", nullable=False),
+    _c(
+        "updated_at", TS, 1, "when this version of the row was written; newest wins", nullable=False
+    ),
     _c("finished_at", TS, 1, "when training ended"),
     _c("total_iters", INT, 1, "planned steps"),
     _c("latest_step", INT, 1, "last step reached"),
@@ -144,7 +156,9 @@ CANDIDATES_COLUMNS: tuple[Column, ...] = (
     _c("param_count", INT, 2, "number of parameters"),
     _c("rank", INT, 2, "rank within its generation (1 = best)"),
     _c("is_winner", BOOL, 2, "the search's winner"),
-    _c("updated_at", TS, 2, "when this version of the row was written; newest wins", nullable=False),
+    _c(
+        "updated_at", TS, 2, "when this version of the row was written; newest wins", nullable=False
+    ),
 )
 
 TABLES: dict[str, tuple[Column, ...]] = {
@@ -186,3 +200,21 @@ def arrow_schema(
 SYMBIO_METRIC_COLUMNS: frozenset[str] = frozenset(c.name for c in METRICS_COLUMNS if c.symbio)
 #: Metric columns holding REAL values (checked finite-or-null by the gate).
 REAL_METRIC_COLUMNS: tuple[str, ...] = tuple(c.name for c in METRICS_COLUMNS if c.type == REAL)
+
+
+#: Columns a quarantined row carries besides its table's columns (all nullable there):
+#: why it failed, when, and the row exactly as produced (JSON), so nothing is lost.
+QUARANTINE_COLUMNS: tuple[Column, ...] = (
+    _c("quarantine_reason", TEXT, 2, "why the row failed the gate", nullable=False),
+    _c("quarantined_at", TS, 2, "when the row was quarantined"),
+    _c("raw_row", TEXT, 2, "the row as produced, JSON (non-JSON values as strings)"),
+)
+
+
+def quarantine_schema(table: str, version: int = SCHEMA_VERSION) -> pa.Schema:
+    """Schema of ``<lake>/quarantine/<table>/``: the table's columns, all nullable
+    (a bad row may lack a required value), plus ``QUARANTINE_COLUMNS``."""
+    base = arrow_schema(table, version, with_partition=False)
+    fields = [f.with_nullable(True) for f in base]
+    fields += [pa.field(c.name, c.type, nullable=c.nullable) for c in QUARANTINE_COLUMNS]
+    return pa.schema(fields, metadata=base.metadata)

@@ -1,0 +1,581 @@
+"""Figure builders: Polars frames in, Plotly figures out. No I/O, no Dash.
+
+Every chart of a run page is built from one *series frame*: one row per step
+that has something to show, the lake's column names, nulls where a metric was
+not measured (sparse symbio metrics, ``val_loss`` off eval steps). A trace
+plots the non-null points of its column, so gaps between ``metricsInterval``
+points are bridged and a run without ``val_loss`` just has an empty trace.
+
+Live charts are declared in :data:`LIVE_TRACES`: graph key -> one
+:class:`TraceSpec` per trace, in trace order. The builders draw those traces
+and :func:`extend_payload` turns newly landed rows into Dash ``extendData`` for
+the same traces, so a live page appends points instead of rebuilding figures.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import polars as pl
+
+from dash_app import theme
+from storage.schema import CUSUM_BITS
+
+_EMPTY = np.empty(0, dtype=np.float64)
+_HIDDEN_AXIS = dict(range=[0, 1], visible=False, fixedrange=True, overlaying="y")
+
+
+@dataclass(frozen=True, eq=False)
+class TraceSpec:
+    """How one trace takes its points from a series frame.
+
+    ``kind="line"``: points ``(step, y)`` where ``y`` is non-null (and ``where``
+    holds). ``kind="vline"``: a vertical marker at each step where ``where``
+    holds, drawn on a hidden ``[0, 1]`` axis as ``x=[s, s, None]``.
+    """
+
+    y: str
+    kind: str = "line"
+    where: pl.Expr | None = None
+
+    def columns(self) -> set[str]:
+        cols = {"step", self.y}
+        if self.where is not None:
+            cols.update(self.where.meta.root_names())
+        return cols
+
+
+def _alert_bit(bit: int) -> pl.Expr:
+    return (pl.col("cusum_alerts").fill_null(0) & bit) != 0
+
+
+def _reason(value: str) -> pl.Expr:
+    return pl.col("batch_change_reason") == value
+
+
+CUSUM_SIGNALS = ("grad", "clip", "tps", "val")
+BATCH_REASONS = ("cusum_grad", "cusum_clip", "cusum_tps", "restore")
+
+#: graph key -> its traces, in order. Builders and live updates share these.
+LIVE_TRACES: dict[str, tuple[TraceSpec, ...]] = {
+    "loss": (TraceSpec("loss"), TraceSpec("val_loss")),
+    "lr": (TraceSpec("lr"),),
+    "grad_norm": (TraceSpec("grad_norm"),),
+    "tokens_per_sec": (TraceSpec("tokens_per_sec"),),
+    "ms_per_iter": (TraceSpec("ms_per_iter"),),
+    "clip": (TraceSpec("clip_coef"), TraceSpec("clip_pct")),
+    "cusum": tuple(TraceSpec(f"cusum_{s}") for s in CUSUM_SIGNALS)
+    + tuple(TraceSpec("cusum_alerts", "vline", _alert_bit(CUSUM_BITS[s])) for s in CUSUM_SIGNALS),
+    "weight_entropy": (TraceSpec("weight_entropy"),),
+    "effective_rank": (TraceSpec("effective_rank"),),
+    "free_energy": (TraceSpec("free_energy"), TraceSpec("loss")),
+    "fitness": (TraceSpec("fitness_score"), TraceSpec("complexity_score")),
+    "batch": (TraceSpec("adaptive_batch_size"),)
+    + tuple(TraceSpec("adaptive_batch_size", where=_reason(r)) for r in BATCH_REASONS),
+    "mi_trajectory": (
+        TraceSpec("mi_input_repr"),
+        TraceSpec("mi_repr_output"),
+        TraceSpec("mi_compression"),
+    ),
+}
+
+#: Every column a live update has to read.
+LIVE_COLUMNS: tuple[str, ...] = tuple(
+    sorted({c for specs in LIVE_TRACES.values() for s in specs for c in s.columns()})
+)
+
+
+# -- trace data -----------------------------------------------------------------
+
+
+def trace_xy(df: pl.DataFrame, spec: TraceSpec) -> tuple[Any, Any]:
+    """The ``(x, y)`` of one trace; empty when a column is missing.
+
+    Lines come back as float64 numpy arrays: Plotly ships them base64-encoded
+    (fast to build and send) and the browser holds ``Float64Array``s, which
+    ``extendData`` can grow without overflow (int arrays would be narrowed to
+    the smallest int type that fits the first points). Vertical markers come
+    back as lists, since they need ``None`` separators.
+    """
+    if df.is_empty() or not spec.columns() <= set(df.columns):
+        return ([], []) if spec.kind == "vline" else (_EMPTY, _EMPTY)
+    rows = df.filter(pl.col(spec.y).is_not_null())
+    if spec.where is not None:
+        rows = rows.filter(spec.where.fill_null(False))
+    if spec.kind == "vline":
+        x: list = []
+        y: list = []
+        for s in rows["step"].to_list():
+            x += [s, s, None]
+            y += [0, 1, None]
+        return x, y
+    return (
+        rows["step"].cast(pl.Float64).to_numpy(),
+        rows[spec.y].cast(pl.Float64).to_numpy(),
+    )
+
+
+def extend_payload(
+    df: pl.DataFrame, specs: Sequence[TraceSpec], max_points: int | None = None
+) -> list | None:
+    """Dash ``extendData`` for new rows ``df``; ``None`` when nothing is new."""
+    pairs = [trace_xy(df, s) for s in specs]
+    xs = [list(x) if isinstance(x, list) else x.tolist() for x, _ in pairs]
+    ys = [list(y) if isinstance(y, list) else y.tolist() for _, y in pairs]
+    if not any(xs):
+        return None
+    payload: list = [{"x": xs, "y": ys}, list(range(len(specs)))]
+    if max_points:
+        payload.append(max_points)
+    return payload
+
+
+def has_data(df: pl.DataFrame, *columns: str) -> bool:
+    """True if any of ``columns`` has a non-null value in ``df``."""
+    present = [c for c in columns if c in df.columns]
+    return (
+        bool(present) and df.select(pl.any_horizontal(pl.col(present).is_not_null()).any()).item()
+    )
+
+
+# -- building blocks ------------------------------------------------------------
+
+
+def _figure(title: str, height: int = 300, **layout) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(
+        template=theme.TEMPLATE_NAME,
+        title=dict(text=title),
+        height=height,
+        uirevision="keep",
+        xaxis=dict(title=dict(text="step")),
+        **layout,
+    )
+    return fig
+
+
+def _line(
+    df: pl.DataFrame,
+    spec: TraceSpec,
+    name: str,
+    color: str,
+    *,
+    width: float = 1.6,
+    markers: bool = False,
+    mode: str | None = None,
+    marker: dict | None = None,
+    **kw,
+) -> go.Scatter:
+    x, y = trace_xy(df, spec)
+    return go.Scatter(
+        x=x,
+        y=y,
+        name=name,
+        mode=mode or ("lines+markers" if markers else "lines"),
+        line=dict(color=color, width=width),
+        marker=marker or dict(size=5, color=color),
+        connectgaps=True,
+        **kw,
+    )
+
+
+def _no_data(fig: go.Figure, text: str = "no data yet") -> go.Figure:
+    fig.add_annotation(
+        text=text,
+        xref="paper",
+        yref="paper",
+        x=0.5,
+        y=0.5,
+        showarrow=False,
+        font=dict(color=theme.MUTED, size=13),
+    )
+    return fig
+
+
+def _finish(fig: go.Figure) -> go.Figure:
+    if not any(t.x is not None and len(t.x) for t in fig.data):
+        _no_data(fig)
+    return fig
+
+
+# -- core charts (every run) ---------------------------------------------------
+
+_SINGLE = {
+    "lr": ("Learning rate", "lr", theme.GREEN),
+    "grad_norm": ("Gradient norm", "grad norm", theme.ORANGE),
+    "tokens_per_sec": ("Throughput", "tokens/s", theme.CYAN),
+    "ms_per_iter": ("Step time", "ms/iter", theme.PURPLE),
+}
+
+
+def loss_figure(df: pl.DataFrame, *, segments: Sequence[tuple[int, int, str]] = ()) -> go.Figure:
+    """Training loss (every step) and validation loss (eval steps).
+
+    ``segments``: ``(first_step, last_step, label)`` bands, e.g. the search
+    candidates that trained one after another in the run's step range.
+    """
+    train, val = LIVE_TRACES["loss"]
+    fig = _figure("Loss", height=340)
+    fig.add_trace(_line(df, train, "loss", theme.BLUE, width=1.2))
+    fig.add_trace(_line(df, val, "val loss", theme.ORANGE, width=2, markers=True))
+    if segments:
+        fig.update_layout(
+            shapes=[
+                dict(
+                    type="rect",
+                    xref="x",
+                    yref="paper",
+                    x0=start,
+                    x1=stop,
+                    y0=0,
+                    y1=1,
+                    fillcolor=theme.BORDER if i % 2 else theme.BG,
+                    opacity=0.35,
+                    line_width=0,
+                    layer="below",
+                )
+                for i, (start, stop, _) in enumerate(segments)
+            ],
+            annotations=[
+                dict(
+                    x=start,
+                    y=1,
+                    xref="x",
+                    yref="paper",
+                    text=label,
+                    showarrow=False,
+                    xanchor="left",
+                    yanchor="top",
+                    font=dict(size=9, color=theme.MUTED),
+                )
+                for start, _, label in segments
+            ],
+        )
+    return _finish(fig)
+
+
+def metric_figure(df: pl.DataFrame, key: str, *, hline: float | None = None) -> go.Figure:
+    """One of the single-series charts: ``lr``, ``grad_norm``, ``tokens_per_sec``, ``ms_per_iter``.
+
+    ``hline`` draws a dashed reference (the ``grad_clip`` threshold on grad norm).
+    """
+    title, label, color = _SINGLE[key]
+    fig = _figure(title, height=260)
+    fig.add_trace(_line(df, LIVE_TRACES[key][0], label, color, width=1.2))
+    if key == "lr":
+        fig.update_yaxes(exponentformat="e")
+    if hline is not None:
+        fig.add_hline(
+            y=hline,
+            line=dict(color=theme.MUTED, dash="dash", width=1),
+            annotation=dict(text=f"clip {hline:g}", font=dict(color=theme.MUTED, size=10)),
+        )
+    return _finish(fig)
+
+
+def clip_figure(df: pl.DataFrame) -> go.Figure:
+    """PRD §13.4: clip_coef (left axis) and clip_pct (right axis), both 0-1."""
+    coef, pct = LIVE_TRACES["clip"]
+    fig = _figure(
+        "Gradient clipping",
+        height=280,
+        yaxis=dict(title=dict(text="clip_coef"), range=[0, 1.05]),
+        yaxis2=dict(
+            title=dict(text="clip_pct"),
+            range=[0, 1.05],
+            overlaying="y",
+            side="right",
+            showgrid=False,
+        ),
+    )
+    fig.add_trace(_line(df, coef, "clip_coef", theme.GREEN, width=1.2))
+    fig.add_trace(_line(df, pct, "clip_pct", theme.RED, width=1.2, yaxis="y2"))
+    return _finish(fig)
+
+
+# -- symbio charts ---------------------------------------------------------------
+
+
+def cusum_figure(df: pl.DataFrame, threshold: float | None) -> go.Figure:
+    """PRD §13.3: four CUSUM accumulators, the alert threshold and alert markers.
+
+    ``threshold`` is the run's ``cusumSensitivity`` (never a constant here);
+    ``None`` when the run's config does not record it.
+    """
+    specs = LIVE_TRACES["cusum"]
+    fig = _figure(
+        "CUSUM monitor", height=340, yaxis=dict(title=dict(text="CUSUM")), yaxis2=_HIDDEN_AXIS
+    )
+    for spec, sig in zip(specs[:4], CUSUM_SIGNALS, strict=True):
+        fig.add_trace(
+            _line(
+                df,
+                spec,
+                f"cusum_{sig}",
+                theme.SIGNAL_COLORS[sig],
+                width=1.4,
+                hovertemplate="%{y:.3f}",
+            )
+        )
+    for spec, sig in zip(specs[4:], CUSUM_SIGNALS, strict=True):
+        x, y = trace_xy(df, spec)
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                name=f"{sig} alert",
+                mode="lines",
+                yaxis="y2",
+                line=dict(color=theme.SIGNAL_COLORS[sig], width=1, dash="dot"),
+                opacity=0.7,
+                hovertemplate="ALERT<extra>%{fullData.name}</extra>",
+            )
+        )
+    if threshold is not None:
+        fig.add_hline(
+            y=threshold,
+            line=dict(color=theme.YELLOW, dash="dash", width=1.5),
+            annotation=dict(
+                text=f"threshold {threshold:g}",
+                font=dict(color=theme.YELLOW, size=10),
+                xanchor="left",
+                x=0,
+            ),
+        )
+    return _finish(fig)
+
+
+def weight_entropy_figure(df: pl.DataFrame) -> go.Figure:
+    fig = _figure("Weight entropy", height=240, yaxis=dict(title=dict(text="bits")))
+    fig.add_trace(
+        _line(df, LIVE_TRACES["weight_entropy"][0], "weight entropy", theme.BLUE, markers=True)
+    )
+    return _finish(fig)
+
+
+def effective_rank_figure(df: pl.DataFrame) -> go.Figure:
+    fig = _figure("Effective rank", height=240)
+    fig.add_trace(
+        _line(df, LIVE_TRACES["effective_rank"][0], "effective rank", theme.GREEN, markers=True)
+    )
+    return _finish(fig)
+
+
+def free_energy_figure(df: pl.DataFrame) -> go.Figure:
+    """Free energy (sparse) with the training loss as a faint overlay."""
+    fe, loss = LIVE_TRACES["free_energy"]
+    fig = _figure("Free energy", height=240)
+    fig.add_trace(_line(df, fe, "free energy", theme.PINK, markers=True))
+    fig.add_trace(_line(df, loss, "loss", theme.BLUE, width=1, opacity=0.35))
+    return _finish(fig)
+
+
+def fitness_figure(df: pl.DataFrame) -> go.Figure:
+    """Fitness (left) and complexity (right) on two axes."""
+    fit, cx = LIVE_TRACES["fitness"]
+    fig = _figure(
+        "Fitness & complexity",
+        height=240,
+        yaxis=dict(title=dict(text="fitness")),
+        yaxis2=dict(title=dict(text="complexity"), overlaying="y", side="right", showgrid=False),
+    )
+    fig.add_trace(_line(df, fit, "fitness", theme.YELLOW, markers=True))
+    fig.add_trace(_line(df, cx, "complexity", theme.PURPLE, markers=True, yaxis="y2"))
+    return _finish(fig)
+
+
+_REASON_COLORS = dict(
+    zip(BATCH_REASONS, (theme.RED, theme.ORANGE, theme.CYAN, theme.GREEN), strict=True)
+)
+MAX_BATCH_ANNOTATIONS = 24
+
+
+def batch_figure(df: pl.DataFrame) -> go.Figure:
+    """PRD §13.6: adaptive batch size as a step chart, change reasons at transitions."""
+    line, *reasons = LIVE_TRACES["batch"]
+    fig = _figure("Adaptive batch size", height=280, yaxis=dict(title=dict(text="batch size")))
+    x, y = trace_xy(df, line)
+    fig.add_trace(
+        go.Scatter(
+            x=x, y=y, name="batch", mode="lines", line=dict(color=theme.BLUE, width=2, shape="hv")
+        )
+    )
+    for spec, reason in zip(reasons, BATCH_REASONS, strict=True):
+        fig.add_trace(
+            _line(
+                df,
+                spec,
+                reason,
+                _REASON_COLORS[reason],
+                mode="markers",
+                marker=dict(size=8, color=_REASON_COLORS[reason], symbol="diamond"),
+            )
+        )
+    if "batch_change_reason" in df.columns:
+        changes = df.filter(pl.col("batch_change_reason").is_not_null()).tail(MAX_BATCH_ANNOTATIONS)
+        fig.update_layout(
+            annotations=[
+                dict(
+                    x=step,
+                    y=size,
+                    text=reason,
+                    showarrow=True,
+                    arrowhead=0,
+                    ax=0,
+                    ay=-22,
+                    font=dict(size=10, color=_REASON_COLORS.get(reason, theme.MUTED)),
+                )
+                for step, size, reason in changes.select(
+                    "step", "adaptive_batch_size", "batch_change_reason"
+                ).iter_rows()
+            ]
+        )
+    return _finish(fig)
+
+
+def information_plane_figure(df: pl.DataFrame) -> go.Figure:
+    """PRD §13.7: I(X;T) vs I(T;Y), coloured by step from blue (early) to red (late)."""
+    fig = _figure("Information plane", height=320, hovermode="closest")
+    fig.update_xaxes(title=dict(text="I(X;T) bits"))
+    fig.update_yaxes(title=dict(text="I(T;Y) bits"))
+    if {"mi_input_repr", "mi_repr_output"} <= set(df.columns):
+        pts = df.filter(
+            pl.col("mi_input_repr").is_not_null() & pl.col("mi_repr_output").is_not_null()
+        )
+        steps = pts["step"].to_list()
+        fig.add_trace(
+            go.Scatter(
+                x=pts["mi_input_repr"].to_list(),
+                y=pts["mi_repr_output"].to_list(),
+                mode="lines+markers",
+                name="trajectory",
+                line=dict(color=theme.BORDER, width=1),
+                marker=dict(
+                    size=9,
+                    color=steps,
+                    colorscale=[[0, "#3b82f6"], [1, "#ef4444"]],
+                    colorbar=dict(title=dict(text="step"), thickness=10),
+                    showscale=True,
+                ),
+                customdata=steps,
+                hovertemplate="step %{customdata}<br>I(X;T) %{x:.3f}<br>I(T;Y) %{y:.3f}<extra></extra>",
+            )
+        )
+    return _finish(fig)
+
+
+def mi_trajectory_figure(df: pl.DataFrame) -> go.Figure:
+    """PRD §13.8: the three MI series over steps (compression on the right axis)."""
+    xr, ry, comp = LIVE_TRACES["mi_trajectory"]
+    fig = _figure(
+        "MI trajectory",
+        height=320,
+        yaxis=dict(title=dict(text="bits")),
+        yaxis2=dict(title=dict(text="compression"), overlaying="y", side="right", showgrid=False),
+    )
+    fig.add_trace(_line(df, xr, "I(X;T)", theme.BLUE, markers=True))
+    fig.add_trace(_line(df, ry, "I(T;Y)", theme.ORANGE, markers=True))
+    fig.add_trace(_line(df, comp, "I(T;Y)/I(X;T)", theme.GREEN, markers=True, yaxis="y2"))
+    return _finish(fig)
+
+
+def activation_shares(df: pl.DataFrame) -> pl.DataFrame:
+    """Parse ``activation_distribution`` JSON into one share column per activation.
+
+    One row per generation in search runs (the generation's last distribution),
+    else one row per measured step. Shares sum to 1 per row.
+    """
+    if "activation_distribution" not in df.columns:
+        return pl.DataFrame()
+    rows = df.filter(pl.col("activation_distribution").is_not_null())
+    by = "symbio_generation" if has_data(rows, "symbio_generation") else "step"
+    rows = rows.filter(pl.col(by).is_not_null()).group_by(by, maintain_order=True).last().sort(by)
+    records = []
+    for key, raw in rows.select(by, "activation_distribution").iter_rows():
+        try:
+            counts = {str(k): float(v) for k, v in json.loads(raw).items()}
+        except (ValueError, TypeError, AttributeError):
+            continue
+        total = sum(counts.values())
+        if total > 0:
+            records.append({"x": key, **{k: v / total for k, v in counts.items()}})
+    if not records:
+        return pl.DataFrame()
+    return pl.DataFrame(records).rename({"x": by}).fill_null(0.0)
+
+
+def activation_distribution_figure(df: pl.DataFrame) -> go.Figure:
+    """PRD §13.9: stacked area of activation shares over generations."""
+    shares = activation_shares(df)
+    by = shares.columns[0] if shares.width else "generation"
+    fig = _figure("Activation distribution", height=300, hovermode="x unified")
+    fig.update_xaxes(
+        title=dict(text="generation" if by == "symbio_generation" else "step"),
+        dtick=1 if by == "symbio_generation" else None,
+    )
+    fig.update_yaxes(title=dict(text="share"), range=[0, 1], tickformat=".0%")
+    for i, act in enumerate(c for c in shares.columns if c != by):
+        color = theme.ACTIVATION_COLORS.get(act, theme.PALETTE[i % len(theme.PALETTE)])
+        fig.add_trace(
+            go.Scatter(
+                x=shares[by].to_list(),
+                y=shares[act].to_list(),
+                name=theme.activation_label(act),
+                mode="lines",
+                stackgroup="act",
+                line=dict(color=color, width=1),
+                hovertemplate="%{y:.0%}",
+            )
+        )
+    return _finish(fig)
+
+
+def sparkline_figure(values: Sequence[float], color: str = theme.BLUE) -> go.Figure:
+    """A tiny axis-less line for a stats tile."""
+    fig = go.Figure(
+        go.Scatter(
+            y=list(values),
+            mode="lines",
+            line=dict(color=color, width=1.5),
+            fill="tozeroy",
+            fillcolor="rgba(96,165,250,0.08)",
+            hoverinfo="skip",
+        )
+    )
+    fig.update_layout(
+        height=36,
+        margin=dict(l=0, r=0, t=2, b=2),
+        paper_bgcolor="rgba(0,0,0,0)",
+        plot_bgcolor="rgba(0,0,0,0)",
+        xaxis=dict(visible=False),
+        yaxis=dict(visible=False),
+        showlegend=False,
+    )
+    return fig
+
+
+# -- compare -------------------------------------------------------------------
+
+
+def compare_figure(frames: dict[str, pl.DataFrame], column: str, title: str) -> go.Figure:
+    """Overlay ``column`` of several runs (run id -> series frame)."""
+    fig = _figure(title, height=360)
+    for i, (run_id, df) in enumerate(frames.items()):
+        x, y = trace_xy(df, TraceSpec(column))
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                name=run_id,
+                mode="lines+markers" if column == "val_loss" else "lines",
+                line=dict(color=theme.PALETTE[i % len(theme.PALETTE)], width=1.5),
+                marker=dict(size=5),
+                connectgaps=True,
+            )
+        )
+    return _finish(fig)

@@ -1,0 +1,273 @@
+"""Run configuration: the flat ``TrainConfig``, the ``ModelConfig`` and domain presets.
+
+``TrainConfig`` has one field per ``alpha train`` flag (snake_case). Values are
+layered by ``tasks.resolve`` (domain defaults < symbio preset < symbio config
+file < explicit flags) and validated here; every validation failure becomes a
+one-line ``ConfigError`` that names the flag.
+
+This module imports only pydantic and the standard library so that bad input is
+rejected before torch is even imported.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from model.errors import ConfigError
+
+ACTIVATIONS = ("gelu", "relu", "silu", "swiglu")
+DOMAINS = ("shakespeare", "chat", "code")
+DEVICES = ("auto", "cpu", "cuda")
+TOKENIZERS = ("char", "bpe")
+DTYPES = ("auto", "bfloat16", "float32")
+
+#: The small corpus the project ships, the default data of the shakespeare domain.
+SHIPPED_CORPUS = Path(__file__).resolve().parent / "corpus" / "shakespeare.txt"
+
+Activation = Literal["gelu", "relu", "silu", "swiglu"]
+
+
+def swiglu_ffn_dim(n_embd: int) -> int:
+    """SwiGLU inner width that roughly matches a 4x GELU FFN: ceil(8/3 * dim / 64) * 64."""
+    return math.ceil(8 / 3 * n_embd / 64) * 64
+
+
+def default_ffn_dim(n_embd: int, activation: str) -> int:
+    return swiglu_ffn_dim(n_embd) if activation == "swiglu" else 4 * n_embd
+
+
+class TrainConfig(BaseModel):
+    """Everything one training run needs, one field per ``alpha train`` flag."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False)
+
+    # data
+    data: str | None = None
+    val_data: str | None = None
+    domain: Literal["shakespeare", "chat", "code"] = "shakespeare"
+    tokenizer: Literal["char", "bpe"] = "char"
+    vocab_size: int = Field(4096, ge=260, le=1 << 20)  # BPE only
+    # device
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    compile: bool = False
+    # model
+    block: int = Field(256, ge=1, le=1 << 16)
+    dim: int = Field(384, ge=1)
+    heads: int = Field(6, ge=1)
+    layers: int = Field(6, ge=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    activation: Activation = "gelu"
+    ffn_dim: int | None = Field(None, ge=1)
+    # optimisation
+    iters: int = Field(2000, ge=1)
+    batch: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(3e-4, gt=0.0)
+    lr_min: float | None = Field(None, ge=0.0)  # None: lr / 10
+    warmup_iters: int = Field(0, ge=0)
+    grad_clip: float = Field(1.0, ge=0.0)  # 0: no clipping
+    spike_threshold: float = Field(0.0, ge=0.0)  # 0: off
+    weight_decay: float = Field(0.1, ge=0.0)
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(0.95, ge=0.0, lt=1.0)
+    seed: int = Field(1337, ge=0, lt=1 << 63)
+    # evaluation, logging, outputs
+    eval_interval: int = Field(250, ge=1)
+    eval_iters: int = Field(20, ge=1)
+    log_interval: int = Field(10, ge=1)
+    checkpoint_interval: int = Field(0, ge=0)  # 0: with every eval; always at the end
+    sample_tokens: int = Field(200, ge=0)
+    run_dir: str | None = None
+    resume: str | None = None
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> TrainConfig:
+        if self.dim % self.heads:
+            raise ValueError(f"dim: {self.dim} is not divisible by heads ({self.heads})")
+        if self.lr_min is None:
+            self.lr_min = self.lr / 10
+        elif self.lr_min > self.lr:
+            raise ValueError(f"lr_min: {self.lr_min:g} is larger than lr ({self.lr:g})")
+        return self
+
+    @property
+    def resolved_ffn_dim(self) -> int:
+        return self.ffn_dim or default_ffn_dim(self.dim, self.activation)
+
+
+class ModelConfig(BaseModel):
+    """Shape of the GPT; saved in every checkpoint."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    vocab_size: int = Field(ge=1)
+    block_size: int = Field(ge=1)
+    n_layer: int = Field(ge=1)
+    n_head: int = Field(ge=1)
+    n_embd: int = Field(ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    ffn_activation: Activation = "gelu"
+    ffn_dim: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _fill_ffn_dim(self) -> ModelConfig:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if self.ffn_dim is None:
+            self.ffn_dim = default_ffn_dim(self.n_embd, self.ffn_activation)
+        return self
+
+    @classmethod
+    def from_train(cls, cfg: TrainConfig, vocab_size: int) -> ModelConfig:
+        return cls(
+            vocab_size=vocab_size,
+            block_size=cfg.block,
+            n_layer=cfg.layers,
+            n_head=cfg.heads,
+            n_embd=cfg.dim,
+            dropout=cfg.dropout,
+            ffn_activation=cfg.activation,
+            ffn_dim=cfg.ffn_dim,
+        )
+
+
+# -- domain presets (PRD §5.2 "domain defaults") ----------------------------------
+
+_DOMAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Character-level on the shipped corpus; sized to train in about a minute on a
+    # 2-core CPU. The GPU benchmark (bench/bench_engine.py) uses a bigger config.
+    "shakespeare": {
+        "tokenizer": "char",
+        "data": str(SHIPPED_CORPUS),
+        "iters": 300,
+        "batch": 16,
+        "block": 128,
+        "dim": 128,
+        "heads": 4,
+        "layers": 4,
+        "dropout": 0.1,
+        "lr": 2e-3,
+        "warmup_iters": 30,
+        "beta2": 0.99,
+        "eval_interval": 100,
+        "eval_iters": 10,
+    },
+    # Byte-level BPE, trained offline on the run's data and saved with the run.
+    "chat": {
+        "tokenizer": "bpe",
+        "vocab_size": 4096,
+        "iters": 2000,
+        "batch": 16,
+        "block": 256,
+        "dim": 256,
+        "heads": 8,
+        "layers": 6,
+        "dropout": 0.1,
+        "lr": 6e-4,
+        "warmup_iters": 100,
+    },
+    "code": {
+        "tokenizer": "bpe",
+        "vocab_size": 8192,
+        "iters": 2000,
+        "batch": 16,
+        "block": 512,
+        "dim": 256,
+        "heads": 8,
+        "layers": 6,
+        "dropout": 0.0,
+        "lr": 6e-4,
+        "warmup_iters": 100,
+    },
+}
+
+
+def domain_defaults(domain: str) -> dict[str, Any]:
+    """The domain defaults layer: snake_case ``TrainConfig`` values for ``domain``."""
+    if domain not in _DOMAIN_DEFAULTS:
+        raise ConfigError(f"--domain: unknown domain {domain!r} (choose from {', '.join(DOMAINS)})")
+    return {"domain": domain, **_DOMAIN_DEFAULTS[domain]}
+
+
+def new_run_id(domain: str) -> str:
+    """``<domain>-<UTC yyyymmdd-HHMMSS>-<4 hex>``: sortable, unique, path- and URL-safe."""
+    return f"{domain}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+# -- validation -------------------------------------------------------------------
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def build_train_config(values: dict[str, Any]) -> TrainConfig:
+    """Validate ``values`` into a ``TrainConfig``; one-line ``ConfigError`` on failure."""
+    try:
+        return TrainConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def build_model_config(values: dict[str, Any]) -> ModelConfig:
+    try:
+        return ModelConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError("model config: " + _one_line(exc, flags=False)) from None
+
+
+def _one_line(exc: ValidationError, *, flags: bool = True) -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in err.get("loc", ())]
+    msg = str(err.get("msg", "invalid value"))
+    msg = msg.removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden":
+        name = flag_name(loc[0]) if flags and loc else ".".join(loc)
+        return f"unknown setting {name}"
+    if not loc:  # a model-level check: "field: message"
+        field, _, rest = msg.partition(": ")
+        return f"{flag_name(field) if flags else field}: {rest}" if rest else msg
+    name = flag_name(loc[0]) if flags else ".".join(loc)
+    got = err.get("input")
+    text = msg[0].lower() + msg[1:] if msg else msg
+    return f"{name}: {text} (got {got!r})" if "input" in err else f"{name}: {text}"
+
+
+def check_text_file(path: str | os.PathLike[str], flag: str) -> Path:
+    """A readable, non-empty UTF-8 text file, or a ``ConfigError`` naming ``flag``."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ConfigError(f"{flag}: file not found: {p}")
+    if p.is_dir():
+        raise ConfigError(f"{flag}: is a directory, not a text file: {p}")
+    try:
+        with p.open("rb") as f:
+            head = f.read(1 << 16)
+    except OSError as exc:
+        raise ConfigError(f"{flag}: cannot read {p}: {exc.strerror or exc}") from None
+    if not head.strip():
+        raise ConfigError(f"{flag}: file is empty: {p}")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # a multi-byte char cut at the read boundary is fine
+            raise ConfigError(f"{flag}: not a UTF-8 text file: {p}") from None
+    return p
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """File-system checks of a validated config (data files, run dir)."""
+    if cfg.data is None and cfg.resume is None:
+        raise ConfigError(f"--data: required for domain {cfg.domain!r}")
+    if cfg.data is not None:
+        check_text_file(cfg.data, "--data")
+    if cfg.val_data is not None:
+        check_text_file(cfg.val_data, "--val-data")

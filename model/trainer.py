@@ -1,0 +1,517 @@
+"""The training loop.
+
+One step: forward/backward over ``grad_accum`` micro-batches (the next batch is
+fetched while the GPU works) -> global grad norm and clipping -> one host sync
+that reads ``(loss, grad_norm)`` -> NaN/inf guard and spike guard (skip the
+optimizer step, record an event) -> optimizer step -> eval (if due) ->
+checkpoint (if due) -> hooks in list order -> the row is appended to
+``metrics.jsonl``. With no hooks nothing else runs per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model import checkpoint as ckpt_io
+from model.config import ModelConfig, TrainConfig, check_inputs, new_run_id
+from model.data import TokenData, read_text, split_tokens, write_token_files
+from model.errors import ConfigError
+from model.gpt import GPT
+from model.hooks import TrainerHook
+from model.sample import generate_text
+from model.tokenizer import Tokenizer, tokenizer_from_json, train_tokenizer
+
+#: Dense bf16 peak FLOP/s by accelerator name, for the MFU estimate.
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,
+}
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    run_dir: str
+    status: str  # "completed" | "failed" | "interrupted"
+    steps: int = 0
+    last_loss: float | None = None
+    best_val_loss: float | None = None
+    final_val_loss: float | None = None
+    tokens_per_sec_mean: float | None = None
+    ms_per_iter_median: float | None = None
+    mfu: float | None = None
+    param_count: int = 0
+    n_spike_skips: int = 0
+    n_nan_skips: int = 0
+    checkpoint_path: str | None = None
+    elapsed_s: float = 0.0
+    error: str | None = None
+    losses: list[float] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("losses")
+        return d
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device: cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if env := os.environ.get("ALPHA_PEAK_FLOPS"):
+        return float(env)
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warmup to ``lr`` over ``warmup_iters``, then cosine decay to ``lr_min``."""
+    if step <= cfg.warmup_iters:
+        return cfg.lr * step / max(1, cfg.warmup_iters)
+    progress = (step - cfg.warmup_iters) / max(1, cfg.iters - cfg.warmup_iters)
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Trainer:
+    """Builds everything a run needs (validating first), then ``fit()`` trains it.
+
+    Hook-facing attributes: ``model, cfg, model_config, device, run_id, run_dir,
+    step, batch_size, set_batch_size(), get_batch(), param_count, autocast()``.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        hooks: Sequence[TrainerHook] = (),
+        *,
+        run_id: str | None = None,
+        step_offset: int = 0,
+        progress: bool = True,
+        run_meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.hooks = tuple(hooks)
+        self.step_offset = step_offset
+        self.progress = progress
+        self.run_meta = dict(run_meta or {})
+        # -- everything that can reject user input happens before the run dir exists
+        check_inputs(cfg)
+        self.device = resolve_device(cfg.device)
+        self.ckpt = ckpt_io.read_meta(cfg.resume) if cfg.resume else None
+        self.run_id = run_id or (self.ckpt and self.ckpt.run_id) or new_run_id(cfg.domain)
+        self.run_dir = self._choose_run_dir()
+        self.dtype = self._choose_dtype()
+        torch.manual_seed(cfg.seed)
+        self.tokenizer, parts = self._load_data()
+        self.model_config = ModelConfig.from_train(cfg, self.tokenizer.vocab_size)
+        if self.ckpt:
+            ckpt_io.check_model_config(self.ckpt, self.model_config)
+        self.model = GPT(self.model_config).to(self.device)
+        self.param_count = self.model.num_params()
+        self.optimizer = torch.optim.AdamW(
+            self.model.optimizer_groups(cfg.weight_decay),
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            fused=self.device.type == "cuda",
+        )
+        self.start_step = 0
+        if self.ckpt:
+            ckpt_io.load_model(self.ckpt.path, self.model)
+            ckpt_io.load_training_state(self.ckpt.path, self.ckpt, self.optimizer)
+            self.start_step = self.ckpt.step
+            if cfg.iters <= self.start_step:
+                raise ConfigError(
+                    f"--iters: {cfg.iters} is not beyond the checkpoint's step "
+                    f"{self.start_step}; nothing to resume"
+                )
+        # -- from here on we write
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        paths = write_token_files(parts, self.tokenizer.vocab_size, self.run_dir / "data")
+        self.data = TokenData(paths, self.tokenizer.vocab_size, cfg.block, self.device, cfg.seed)
+        self._probe = TokenData(
+            paths, self.tokenizer.vocab_size, cfg.block, self.device, cfg.seed + 1
+        )
+        if self.ckpt:
+            self.data.load_state_dict(self.ckpt.meta["data_state"])
+        self.best_val_loss = self.ckpt.meta.get("best_val_loss") if self.ckpt else None
+        _atomic_write(self.run_dir / "tokenizer.json", self.tokenizer.to_json())
+        _atomic_write(self.run_dir / "config.json", json.dumps(self.config_dict(), indent=2))
+        self.checkpoint_path = self.run_dir / ckpt_io.FILENAME
+        self.batch_size = cfg.batch
+        self.step = step_offset + self.start_step
+        self._forward = self._build_forward()
+        self._peak = peak_flops(self.device)
+        self._flops_per_token = self.model.flops_per_token()
+
+    # -- setup helpers ----------------------------------------------------------
+
+    def _choose_run_dir(self) -> Path:
+        cfg = self.cfg
+        if cfg.run_dir:
+            path = Path(cfg.run_dir).expanduser()
+        elif self.ckpt:
+            path = self.ckpt.path.parent
+        else:
+            path = Path("runs") / self.run_id
+        resuming_here = self.ckpt is not None and path.resolve() == self.ckpt.path.parent.resolve()
+        if path.exists() and not resuming_here:
+            if not path.is_dir():
+                raise ConfigError(f"--run-dir: {path} exists and is not a directory")
+            if any(path.iterdir()):
+                raise ConfigError(
+                    f"--run-dir: {path} is not empty (use --resume to continue a run)"
+                )
+        return path
+
+    def _choose_dtype(self) -> torch.dtype:
+        if self.cfg.dtype == "float32" or (self.cfg.dtype == "auto" and self.device.type != "cuda"):
+            return torch.float32
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        return torch.bfloat16
+
+    def _load_data(self) -> tuple[Tokenizer, dict[str, np.ndarray]]:
+        cfg = self.cfg
+        text = read_text(cfg.data, "--data")
+        val_text = read_text(cfg.val_data, "--val-data") if cfg.val_data else None
+        if self.ckpt:
+            tok = tokenizer_from_json(self.ckpt.meta.get("tokenizer", ""))
+        else:
+            texts = [text] if val_text is None or cfg.tokenizer == "bpe" else [text, val_text]
+            tok = train_tokenizer(cfg.tokenizer, texts, cfg.vocab_size)
+        try:
+            tokens = tok.encode(text)
+            val_tokens = tok.encode(val_text) if val_text is not None else None
+        except ConfigError as exc:
+            raise ConfigError(f"--data: {exc}") from None
+        return tok, split_tokens(tokens, val_tokens, cfg.block)
+
+    def _build_forward(self):
+        if not self.cfg.compile:
+            return self.model
+        compiled = torch.compile(self.model)
+
+        def forward(x: torch.Tensor, y: torch.Tensor):
+            # The batch dim is symbolic: set_batch_size() must not trigger recompiles.
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+            torch._dynamo.maybe_mark_dynamic(y, 0)
+            return compiled(x, y)
+
+        return forward
+
+    def config_dict(self) -> dict[str, Any]:
+        mc = self.model_config
+        return {
+            **self.cfg.model_dump(),
+            "ffn_activation": mc.ffn_activation,
+            "ffn_dim": mc.ffn_dim,
+            "run_id": self.run_id,
+            "run_dir": str(self.run_dir),
+            "model_config": mc.model_dump(),
+            "param_count": self.param_count,
+            "device": self.device.type,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "tokenizer_vocab_size": self.tokenizer.vocab_size,
+            "data_tokens": {s: len(a) for s, a in self.data.arrays.items()},
+            "resumed_from": str(self.ckpt.path) if self.ckpt else None,
+            "start_step": self.start_step,
+            "step_offset": self.step_offset,
+            "run_meta": self.run_meta,
+        }
+
+    # -- hook-facing API ----------------------------------------------------------
+
+    def set_batch_size(self, n: int) -> None:
+        """Change the micro-batch size from the next step on."""
+        if int(n) < 1:
+            raise ValueError(f"batch size must be >= 1, got {n}")
+        self.batch_size = int(n)
+
+    def get_batch(
+        self, split: str, batch_size: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch for hooks; drawn from its own stream so training batches are unaffected."""
+        return self._probe.get_batch(split, batch_size or self.batch_size)
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    # -- the loop ----------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        result = TrainResult(
+            self.run_id, str(self.run_dir), "completed", param_count=self.param_count
+        )
+        self._result = result
+        times: list[float] = []
+        tps: list[float] = []
+        t_start = time.perf_counter()
+        bar = self._progress_bar()
+        jsonl = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8", buffering=1)
+        try:
+            for hook in self.hooks:
+                hook.on_train_start(self)
+            self.model.train()
+            self._next = self._fetch(self.batch_size)
+            for local in range(self.start_step + 1, cfg.iters + 1):
+                row = self._step(local, t_start, result)
+                times.append(row["ms_per_iter"])
+                tps.append(row["tokens_per_sec"])
+                for hook in self.hooks:
+                    hook.on_step_end(self, row)
+                jsonl.write(json.dumps(row, default=_json_default) + "\n")  # line-buffered
+                self._update_bar(bar, local, row)
+        except KeyboardInterrupt:
+            result.status = "interrupted"
+        except Exception as exc:  # noqa: BLE001 - recorded in the result, traceback in the run dir
+            result.status = "failed"
+            result.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            _atomic_write(self.run_dir / "error.log", traceback.format_exc())
+        finally:
+            jsonl.close()
+            if bar is not None:
+                bar.close()
+        warm = slice(1, None) if len(times) > 1 else slice(None)
+        result.elapsed_s = time.perf_counter() - t_start
+        result.ms_per_iter_median = statistics.median(times[warm]) if times else None
+        result.tokens_per_sec_mean = statistics.fmean(tps[warm]) if tps else None
+        result.mfu = self._mfu(result.tokens_per_sec_mean)
+        result.best_val_loss = self.best_val_loss
+        if result.status == "completed":
+            self._write_sample()
+        for hook in self.hooks:
+            try:
+                hook.on_train_end(self, result)
+            except Exception as exc:  # noqa: BLE001 - on_train_end must not break the run
+                print(
+                    f"warning: hook {type(hook).__name__}.on_train_end failed: {exc}",
+                    file=sys.stderr,
+                )
+        return result
+
+    def _fetch(self, batch_size: int):
+        state = self.data.rngs["train"].bit_generator.state  # data position before the draw
+        return state, self.data.get_batch("train", batch_size)
+
+    def _step(self, local: int, t_start: float, result: TrainResult) -> dict[str, Any]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        lr = lr_at(cfg, local)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch_size = self.batch_size
+        if self._next[1][0].size(0) != batch_size:  # a hook changed the batch size
+            self._next = self._fetch(batch_size)
+        loss_sum = None
+        for _ in range(cfg.grad_accum):
+            x, y = self._next[1]
+            with self.autocast():
+                _, loss = self._forward(x, y)
+            self._next = self._fetch(batch_size)  # overlaps with the GPU work
+            (loss / cfg.grad_accum).backward()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if cfg.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        loss_v, norm_v = torch.stack([loss_sum / cfg.grad_accum, norm.float()]).tolist()  # the sync
+        events = []
+        if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
+            events.append("nan_skip")
+            result.n_nan_skips += 1
+        elif cfg.spike_threshold > 0 and norm_v > cfg.spike_threshold:
+            events.append("spike_skip")
+            result.n_spike_skips += 1
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        self.step = self.step_offset + local
+        result.steps = local
+        result.last_loss = _finite(loss_v)
+        result.losses.append(loss_v)
+        val_loss = None
+        if local % cfg.eval_interval == 0 or local == cfg.iters:
+            val_loss = self.evaluate()
+            result.final_val_loss = val_loss
+            if val_loss is not None and (
+                self.best_val_loss is None or val_loss < self.best_val_loss
+            ):
+                self.best_val_loss = val_loss
+        if cfg.checkpoint_interval:
+            due = local % cfg.checkpoint_interval == 0
+        else:
+            due = val_loss is not None
+        if due or local == cfg.iters:
+            self.save_checkpoint(local)
+            result.checkpoint_path = str(self.checkpoint_path)
+            events.append("checkpoint")
+        clip_coef = min(1.0, cfg.grad_clip / norm_v) if cfg.grad_clip > 0 and norm_v > 0 else 1.0
+        tokens = batch_size * cfg.block * cfg.grad_accum
+        return {
+            "run_id": self.run_id,
+            "step": self.step,
+            "loss": _finite(loss_v),
+            "val_loss": val_loss,
+            "lr": lr,
+            "grad_norm": _finite(norm_v),
+            "clip_coef": _finite(clip_coef),
+            "clip_pct": _finite(1.0 - clip_coef),
+            "tokens_per_sec": tokens / dt,
+            "ms_per_iter": dt * 1000.0,
+            "elapsed_ms": (time.perf_counter() - t_start) * 1000.0,
+            "batch_size": batch_size,
+            "mfu": self._mfu(tokens / dt),
+            "timestamp": datetime.now(UTC),
+            "event": ",".join(events) or None,
+        }
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean loss over ``eval_iters`` validation batches (of ``cfg.batch``)."""
+        self.model.eval()
+        losses = torch.zeros(self.cfg.eval_iters, device=self.device)
+        for k in range(self.cfg.eval_iters):
+            x, y = self.data.get_batch("val", self.cfg.batch)
+            with self.autocast():
+                _, loss = self._forward(x, y)
+            losses[k] = loss
+        self.model.train()
+        return _finite(losses.mean().item())
+
+    def save_checkpoint(self, local: int) -> Path:
+        meta = {
+            "run_id": self.run_id,
+            "step": local,
+            "model_config": self.model_config.model_dump(),
+            "train_config": self.cfg.model_dump(),
+            "tokenizer": self.tokenizer.to_json(),
+            "data_state": self._data_state_for_checkpoint(),
+            "best_val_loss": self.best_val_loss,
+            "run_meta": self.run_meta,
+            "created_at": datetime.now(UTC).isoformat(),
+            "torch_version": torch.__version__,
+        }
+        return ckpt_io.save(
+            self.checkpoint_path, model=self.model, optimizer=self.optimizer, meta=meta
+        )
+
+    def _data_state_for_checkpoint(self) -> dict[str, Any]:
+        state = self.data.state_dict()
+        state["train"] = self._next[0]  # the prefetched batch is drawn again on resume
+        return state
+
+    def _mfu(self, tokens_per_sec: float | None) -> float | None:
+        if self._peak is None or not tokens_per_sec:
+            return None
+        return self._flops_per_token * tokens_per_sec / self._peak
+
+    def _write_sample(self) -> None:
+        if self.cfg.sample_tokens <= 0:
+            return
+        try:
+            text = generate_text(
+                self.model, self.tokenizer, "\n", self.cfg.sample_tokens, seed=self.cfg.seed
+            )
+            _atomic_write(self.run_dir / "samples.txt", text)
+        except Exception as exc:  # noqa: BLE001 - a sample is a nicety, never a failure
+            print(f"warning: could not write a sample: {exc}", file=sys.stderr)
+
+    # -- progress ------------------------------------------------------------------
+
+    def _progress_bar(self):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(
+            total=self.cfg.iters,
+            initial=self.start_step,
+            desc=self.run_id,
+            unit="it",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            leave=True,
+        )
+
+    def _update_bar(self, bar, local: int, row: dict[str, Any]) -> None:
+        if bar is None:
+            return
+        if (
+            row["val_loss"] is not None
+            or local % self.cfg.log_interval == 0
+            or local == self.cfg.iters
+        ):
+            bar.update(local - bar.n)
+            val = f"{self.best_val_loss:.4f}" if self.best_val_loss is not None else "-"
+            loss = f"{row['loss']:.4f}" if row["loss"] is not None else "nan"
+            bar.set_postfix_str(
+                f"loss {loss} val {val} {row['tokens_per_sec']:,.0f} tok/s", refresh=False
+            )
+
+
+def train(
+    cfg: TrainConfig,
+    hooks: Sequence[TrainerHook] = (),
+    *,
+    run_id: str | None = None,
+    step_offset: int = 0,
+    progress: bool = True,
+    run_meta: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train one run; ``ConfigError`` for bad input (raised before anything is written)."""
+    trainer = Trainer(
+        cfg, hooks, run_id=run_id, step_offset=step_offset, progress=progress, run_meta=run_meta
+    )
+    return trainer.fit()
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return str(obj)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

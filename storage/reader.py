@@ -1,0 +1,233 @@
+"""Reading the lake for the dashboard and the CLI (Polars).
+
+Every file is read through the *newest* schema (explicit ``schema=`` plus
+``missing_columns="insert"``), so files written under an older version come
+back with the new columns null. Only committed objects are read (see
+``storage.writer``). A row is identified by ``(run_id, step)``; a resumed run
+re-emits steps, so metrics are de-duplicated with the last write winning.
+Run and candidate rows are versions: the newest ``updated_at`` wins.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+import polars as pl
+
+from storage.lake import Lake, open_lake, validate_run_id
+from storage.schema import PARTITION_KEY, arrow_schema
+from storage.writer import committed_files
+
+_ORDER = "__order"
+
+LakeLike = Lake | str | os.PathLike[str] | None
+
+
+@cache
+def polars_schema(table: str) -> pl.Schema:
+    """Newest schema of ``table`` as Polars types, without the partition column."""
+    return pl.from_arrow(arrow_schema(table, with_partition=False).empty_table()).schema
+
+
+def scan_table(lake: LakeLike, table: str, run_id: str | None = None) -> pl.LazyFrame:
+    """Lazy scan of a table's committed files (one run or all) with ``run_id``.
+
+    Rows come in write order (oldest file first) with an ``__order`` column
+    that later steps use for "last write wins".
+    """
+    lake = _lake(lake)
+    if run_id is not None:
+        validate_run_id(run_id)
+    files = committed_files(lake, table, run_id)
+    schema = polars_schema(table)
+    if not files:
+        empty = pl.DataFrame(schema={PARTITION_KEY: pl.String, **schema, _ORDER: pl.UInt32})
+        return empty.lazy()
+    if lake.is_local:
+        lf = pl.scan_parquet(
+            files,
+            schema=schema,
+            missing_columns="insert",
+            extra_columns="ignore",
+            hive_partitioning=True,
+            hive_schema={PARTITION_KEY: pl.String},
+        )
+    else:
+        blobs = lake.fs.cat(files)
+        lf = pl.concat(
+            [
+                pl.scan_parquet(
+                    blobs[f], schema=schema, missing_columns="insert", extra_columns="ignore"
+                ).with_columns(pl.lit(_run_of(f), pl.String).alias(PARTITION_KEY))
+                for f in files
+            ],
+            how="vertical",
+        )
+    lf = lf.with_row_index(_ORDER)
+    return lf.select(PARTITION_KEY, *schema.names(), _ORDER)
+
+
+def list_runs(
+    lake: LakeLike = None,
+    *,
+    status: str | Sequence[str] | None = None,
+    symbio: bool | None = None,
+    domain: str | None = None,
+    search: str | None = None,
+    limit: int | None = None,
+) -> pl.DataFrame:
+    """The newest version of every run row, newest run first, filtered.
+
+    ``search`` matches run id, domain, activation or symbio mode (case-insensitive).
+    """
+    lf = _newest(scan_table(lake, "runs"), ["run_id"])
+    if status is not None:
+        lf = lf.filter(
+            pl.col("status").is_in([status] if isinstance(status, str) else list(status))
+        )
+    if symbio is not None:
+        lf = lf.filter(pl.col("symbio").fill_null(0) == int(symbio))
+    if domain is not None:
+        lf = lf.filter(pl.col("domain") == domain)
+    if search:
+        needle = re.escape(search.lower())
+        hay = pl.concat_str(
+            [
+                pl.col(c).fill_null("")
+                for c in ("run_id", "domain", "ffn_activation", "symbio_mode")
+            ],
+            separator=" ",
+        ).str.to_lowercase()
+        lf = lf.filter(hay.str.contains(needle))
+    lf = lf.sort(["started_at", "updated_at"], descending=True, nulls_last=True)
+    if limit is not None:
+        lf = lf.head(limit)
+    return lf.collect()
+
+
+def get_run(lake: LakeLike, run_id: str) -> dict[str, Any] | None:
+    """The newest version of one run row, or None."""
+    df = _newest(scan_table(lake, "runs", validate_run_id(run_id)), ["run_id"]).collect()
+    return df.row(0, named=True) if df.height else None
+
+
+def run_metrics(
+    lake: LakeLike,
+    run_id: str,
+    columns: Sequence[str] | None = None,
+    *,
+    since_step: int | None = None,
+    max_points: int | None = None,
+) -> pl.DataFrame:
+    """One run's metric rows sorted by step, de-duplicated (last write wins).
+
+    ``columns``: metric columns to return (``step`` is always included).
+    ``since_step``: only rows with ``step > since_step`` (live updates).
+    ``max_points``: when there are more rows, downsample keeping spikes
+    (see ``downsample``).
+    """
+    schema = polars_schema("metrics")
+    cols = _metric_columns(columns, schema)
+    lf = scan_table(lake, "metrics", validate_run_id(run_id))
+    if since_step is not None:
+        lf = lf.filter(pl.col("step") > since_step)
+    lf = lf.select(cols + ([_ORDER] if _ORDER not in cols else []))
+    df = (
+        lf.sort(_ORDER)
+        .unique(subset=["step"], keep="last", maintain_order=True)
+        .sort("step")
+        .drop(_ORDER)
+        .collect()
+    )
+    if max_points is not None and df.height > max_points:
+        df = downsample(df, max_points)
+    return df
+
+
+def downsample(df: pl.DataFrame, max_points: int, x: str = "step") -> pl.DataFrame:
+    """Keep at most ``max_points`` real rows of ``df`` (sorted by ``x``), spikes included.
+
+    The rows are split into equal buckets; each bucket keeps its first and last
+    row and, for every numeric column, the rows holding that column's minimum
+    and maximum (nulls ignored, so sparse columns such as ``val_loss`` keep
+    their values). The bucket count is the largest power-of-two multiple that
+    stays within ``max_points``.
+    """
+    if max_points < 1:
+        raise ValueError("max_points must be >= 1")
+    n = df.height
+    if n <= max_points:
+        return df
+    numeric = [c for c, t in df.schema.items() if c != x and t.is_numeric()]
+    per_bucket = 2 + 2 * len(numeric)
+    buckets = max(1, max_points // per_bucket)
+    indexed = df.with_row_index("__i")
+    best = _pick_rows(indexed, numeric, buckets)
+    while buckets * 2 <= max_points:
+        trial = _pick_rows(indexed, numeric, buckets * 2)
+        if trial.len() > max_points:
+            break
+        buckets, best = buckets * 2, trial
+    if best.len() > max_points:  # fewer buckets than one per point: keep the extremes
+        best = best.head(max_points)
+    return indexed.filter(pl.col("__i").is_in(best.implode())).drop("__i")
+
+
+def _pick_rows(indexed: pl.DataFrame, numeric: list[str], buckets: int) -> pl.Series:
+    n = indexed.height
+    bucket = (pl.col("__i").cast(pl.Int64) * buckets // n).alias("__b")
+    aggs = [pl.col("__i").first().alias("__first"), pl.col("__i").last().alias("__last")]
+    for c in numeric:
+        ok = (
+            pl.col(c).is_not_null() & pl.col(c).is_not_nan()
+            if _is_float(indexed, c)
+            else pl.col(c).is_not_null()
+        )
+        idx, val = pl.col("__i").filter(ok), pl.col(c).filter(ok)
+        aggs.append(idx.sort_by(val).first().alias(f"__min_{c}"))
+        aggs.append(idx.sort_by(val).last().alias(f"__max_{c}"))
+    picked = indexed.group_by(bucket).agg(aggs).drop("__b")
+    return picked.unpivot().get_column("value").drop_nulls().unique().sort()
+
+
+def _is_float(df: pl.DataFrame, c: str) -> bool:
+    return df.schema[c].is_float()
+
+
+def search_candidates(lake: LakeLike, run_id: str) -> pl.DataFrame:
+    """The newest version of each search candidate of a run, by generation and rank."""
+    lf = _newest(
+        scan_table(lake, "candidates", validate_run_id(run_id)), ["run_id", "candidate_id"]
+    )
+    return lf.sort(["generation", "rank", "candidate_id"], nulls_last=True).collect()
+
+
+def _newest(lf: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
+    """Newest version per key: greatest ``updated_at``, ties to the last write."""
+    return (
+        lf.sort(["updated_at", _ORDER], nulls_last=False)
+        .unique(subset=keys, keep="last", maintain_order=True)
+        .drop(_ORDER)
+    )
+
+
+def _metric_columns(columns: Sequence[str] | None, schema: pl.Schema) -> list[str]:
+    if columns is None:
+        return [PARTITION_KEY, *schema.names()]
+    unknown = [c for c in columns if c != PARTITION_KEY and c not in schema]
+    if unknown:
+        raise ValueError(f"unknown metric column(s): {', '.join(map(str, unknown[:5]))}")
+    return list(dict.fromkeys(["step", *columns]))
+
+
+def _run_of(path: str) -> str:
+    part = path.rsplit("/", 2)[-2]
+    return part.split("=", 1)[1]
+
+
+def _lake(lake: LakeLike) -> Lake:
+    return lake if isinstance(lake, Lake) else open_lake(lake)

@@ -1,0 +1,171 @@
+"""``SymbioHook``: Symbio mode plugged into the trainer through ``TrainerHook``.
+
+Per step, after the trainer's step and eval (so ``val_loss`` is fresh), in
+this order:
+
+1. CUSUM monitors on ``grad_norm``, ``clip_pct``, ``tokens_per_sec`` and, on
+   eval steps, ``val_loss`` -> ``cusum_*`` columns;
+2. adaptive batch: alerts change the batch the loader yields on the *next*
+   step (``trainer.set_batch_size``) -> ``adaptive_batch_size`` every step,
+   ``batch_change_reason`` on a change;
+3. every ``metricsInterval`` steps: the sparse metrics (weight entropy,
+   effective rank, free energy, population entropy, activation distribution,
+   complexity, MI profiles when enabled);
+4. on eval steps: ``fitness_score`` from the best val loss so far, mean
+   throughput and the running instability score;
+5. in search mode: the candidate's fields on every row.
+
+Rows only ever gain lake column names (``storage.schema``). Non-finite values
+are dropped (the column stays null) rather than written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from model.hooks import TrainerHook
+from symbio.config import SymbioConfig
+from symbio.metrics.collector import SymbioMetricsCollector
+from symbio.metrics.fitness import InstabilityTracker, fitness
+from symbio.metrics.mi import MIProbe
+from symbio.monitor.adaptive_batch import AdaptiveBatch
+from symbio.monitor.dashboard import CusumDashboard
+
+if TYPE_CHECKING:  # pragma: no cover
+    from model.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+#: Keys a search candidate dict may carry onto every row.
+CANDIDATE_KEYS = frozenset(
+    {
+        "symbio_candidate_id",
+        "symbio_candidate_activation",
+        "symbio_generation",
+        "architecture_diversity",
+        "activation_distribution",
+        "population_entropy",
+    }
+)
+
+
+class SymbioHook(TrainerHook):
+    """CUSUM, adaptive batch and symbio metrics for one run or one search candidate."""
+
+    def __init__(self, config: SymbioConfig, *, candidate: dict[str, Any] | None = None) -> None:
+        unknown = set(candidate or {}) - CANDIDATE_KEYS
+        if unknown:
+            raise ValueError(f"SymbioHook: unknown candidate fields {sorted(unknown)}")
+        self.config = config
+        self.candidate = dict(candidate or {})
+        self.dashboard = CusumDashboard(config.cusum_sensitivity, config.cusum_baseline_window)
+        self.adaptive: AdaptiveBatch | None = None
+        self.collector: SymbioMetricsCollector | None = None
+        self.instability = InstabilityTracker()
+        self.best_val_loss = math.inf
+        self._tps_sum = 0.0
+        self._tps_n = 0
+
+    # -- TrainerHook -----------------------------------------------------------
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Fresh state for this run/candidate; fixes the MI probe batch."""
+        cfg = self.config
+        self.dashboard.reset()
+        self.adaptive = None
+        if cfg.adaptive_batch:
+            self.adaptive = AdaptiveBatch(
+                trainer.batch_size,
+                cfg.batch_min,
+                cfg.batch_max,
+                cfg.batch_step,
+                cfg.calm_steps_before_restore,
+            )
+        tcfg = trainer.cfg
+        self.instability = InstabilityTracker(tcfg.spike_threshold, tcfg.warmup_iters)
+        self.best_val_loss = math.inf
+        self._tps_sum, self._tps_n = 0.0, 0
+        mcfg = trainer.model_config
+        self.collector = SymbioMetricsCollector(
+            cfg,
+            param_count=trainer.param_count,
+            activation=mcfg.ffn_activation,
+            n_layer=mcfg.n_layer,
+            probe=self._make_probe(trainer) if cfg.track_mi_profiles else None,
+        )
+
+    def on_step_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        out = self.dashboard.update(row)
+        out.update(self._adapt_batch(trainer, out["cusum_alerts"]))
+        self._track(row)
+        step = row.get("step", trainer.step)
+        if self.collector is not None and step % self.config.metrics_interval == 0:
+            out.update(
+                self.collector.collect(trainer.model, row.get("loss", math.nan), trainer.autocast)
+            )
+        if row.get("val_loss") is not None:
+            out["fitness_score"] = self._fitness()
+        out.update(self.candidate)
+        row.update(_finite_only(out))
+
+    # -- steps -----------------------------------------------------------------
+
+    def _adapt_batch(self, trainer: Trainer, alerts: int) -> dict[str, Any]:
+        if self.adaptive is None:
+            return {"adaptive_batch_size": trainer.batch_size}
+        size, reason = self.adaptive.update(alerts)
+        if reason is None:
+            return {"adaptive_batch_size": size}
+        trainer.set_batch_size(size)
+        log.info("symbio: batch size -> %d (%s)", size, reason)
+        return {"adaptive_batch_size": size, "batch_change_reason": reason}
+
+    def _track(self, row: dict[str, Any]) -> None:
+        loss = row.get("loss")
+        if self.collector is not None:
+            self.collector.observe_loss(loss)
+        self.instability.add(
+            row.get("grad_norm"), row.get("clip_coef"), row.get("event"), row.get("ms_per_iter")
+        )
+        tps = row.get("tokens_per_sec")
+        if tps is not None and math.isfinite(tps):
+            self._tps_sum += tps
+            self._tps_n += 1
+        val = row.get("val_loss")
+        if val is not None and math.isfinite(val):
+            self.best_val_loss = min(self.best_val_loss, float(val))
+
+    def _fitness(self) -> float:
+        cfg = self.config
+        return fitness(
+            self.best_val_loss,
+            tokens_per_sec_mean=self._tps_sum / self._tps_n if self._tps_n else None,
+            instability=self.instability.result().score,
+            alpha=cfg.fitness_alpha,
+            perf_weight=cfg.perf_weight,
+            stability_weight=cfg.stability_weight,
+        )
+
+    def _make_probe(self, trainer: Trainer) -> MIProbe | None:
+        # Draw the probe without moving the RNG streams training samples from,
+        # so a symbio run sees the same training batches as a plain run.
+        cpu_state = torch.get_rng_state()
+        cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        try:
+            x, y = trainer.get_batch("val")
+        except Exception as exc:  # MI is optional: never fail a run for it
+            log.warning("symbio: no MI probe batch (%s); MI profiles off", exc)
+            return None
+        finally:
+            torch.set_rng_state(cpu_state)
+            if cuda_states is not None:
+                torch.cuda.set_rng_state_all(cuda_states)
+        return MIProbe(x, y, num_bins=self.config.mi_num_bins, seed=trainer.cfg.seed)
+
+
+def _finite_only(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if not (isinstance(v, float) and not math.isfinite(v))}

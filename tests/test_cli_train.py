@@ -1,0 +1,204 @@
+"""``alpha train`` / ``alpha sample`` end to end on the CPU, and every bad input of issue 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from flows import cli_train
+from flows.cli import main
+from model.config import SHIPPED_CORPUS
+
+ROOT = Path(__file__).resolve().parents[1]
+ALPHA = [str(ROOT / ".venv" / "bin" / "alpha")]
+if not Path(ALPHA[0]).exists():  # installed elsewhere: run the module
+    ALPHA = [sys.executable, "-m", "flows.cli"]
+TINY = [
+    "--device=cpu", "--batch", "4", "--block=32", "--dim", "32", "--heads=2", "--layers=2",
+    "--eval-interval=10", "--eval-iters", "2", "--sample-tokens=20", "--lr=3e-3",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "tiny.txt"
+    path.write_text(SHIPPED_CORPUS.read_text(encoding="utf-8")[:30_000], encoding="utf-8")
+    return path
+
+
+def alpha(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("ALPHA_LAKE", None)
+    return subprocess.run(
+        [*ALPHA, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_train_resume_sample_end_to_end(corpus: Path, tmp_path: Path) -> None:
+    run, lake = tmp_path / "run", tmp_path / "lake"
+    first = alpha("train", "--data", str(corpus), *TINY, "--iters=30", f"--run-dir={run}",
+                  "--lake", str(lake), cwd=tmp_path)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert "Traceback" not in first.stderr
+    assert "resolved config" in first.stdout and f"run dir     {run}" in first.stdout
+    for name in ("config.json", "metrics.jsonl", "checkpoint.safetensors", "samples.txt"):
+        assert (run / name).is_file(), name
+    run_id = json.loads((run / "config.json").read_text())["run_id"]
+
+    resumed = alpha(
+        "train", "--resume", str(run), "--iters", "40", "--lake", str(lake), cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from step 30" in resumed.stdout
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+    metrics = ds.dataset(str(lake / "metrics"), partitioning="hive").to_table().to_pylist()
+    assert sorted(r["step"] for r in metrics if r["run_id"] == run_id) == list(range(1, 41))
+    assert all(r["clip_coef"] is not None for r in metrics)
+    runs = ds.dataset(str(lake / "runs"), partitioning="hive").to_table().to_pylist()
+    newest = max((r for r in runs if r["run_id"] == run_id), key=lambda r: r["updated_at"])
+    assert newest["status"] == "completed" and newest["ffn_activation"] == "gelu"
+    assert newest["symbio"] == 0 and newest["latest_step"] == 40
+
+    sample = alpha(
+        "sample", "--checkpoint", str(run), "--prompt=ROMEO:", "--tokens", "25", cwd=tmp_path
+    )
+    assert sample.returncode == 0, sample.stderr
+    assert sample.stdout.startswith("ROMEO:") and len(sample.stdout) >= len("ROMEO:") + 25
+
+
+def test_flags_accept_both_spellings_and_only_explicit_ones_are_kept() -> None:
+    parser = argparse.ArgumentParser()
+    cli_train.register("train", parser)
+    args = parser.parse_args(["--lr=1e-4", "--batch", "3", "--activation", "silu", "--compile"])
+    assert vars(args) == {"lr": 1e-4, "batch": 3, "activation": "silu", "compile": True}
+    assert vars(parser.parse_args([])) == {}
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _bad_files(tmp: Path) -> dict[str, Path]:
+    empty = tmp / "empty.txt"
+    empty.write_text("")
+    short = tmp / "short.txt"
+    short.write_text("just a few words\n")
+    binary = tmp / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00\x81" * 100)
+    garbage = tmp / "garbage.safetensors"
+    garbage.write_bytes(b"not a checkpoint at all")
+    foreign = tmp / "foreign.safetensors"
+    save_file({"w": torch.zeros(3)}, str(foreign))
+    return {
+        "empty": empty,
+        "short": short,
+        "binary": binary,
+        "garbage": garbage,
+        "foreign": foreign,
+    }
+
+
+BAD_INPUTS = [
+    (["--data", "{tmp}/missing.txt"], "--data: file not found"),
+    (["--data", "{empty}"], "--data: file is empty"),
+    (["--data", "{tmp}"], "--data: is a directory"),
+    (["--data", "{binary}"], "--data: not a UTF-8 text file"),
+    (["--data", "{short}", "--block", "64"], "--data: the train split has"),
+    (["--val-data", "{tmp}/missing.txt"], "--val-data: file not found"),
+    (["--activation", "tanh"], "--activation:"),
+    (["--domain", "poetry"], "--domain: unknown domain 'poetry'"),
+    (["--device", "tpu"], "--device:"),
+    (["--tokenizer", "words"], "--tokenizer:"),
+    (["--iters", "abc"], "argument --iters: invalid int value"),
+    (["--lr=fast"], "argument --lr: invalid float value"),
+    (["--iters", "-5"], "--iters: input should be greater than or equal to 1"),
+    (["--batch", "0"], "--batch: input should be greater than or equal to 1"),
+    (["--dim", "100", "--heads", "3"], "--dim: 100 is not divisible by heads (3)"),
+    (["--lr", "nan"], "--lr: input should be a finite number"),
+    (["--dropout", "1.5"], "--dropout:"),
+    (["--grad-clip=-1"], "--grad-clip:"),
+    (["--lr", "1e-4", "--lr-min", "1e-3"], "--lr-min: 0.001 is larger than lr"),
+    (["--resume", "{garbage}"], "--resume: unreadable checkpoint"),
+    (["--resume", "{foreign}"], "is not an Alpha checkpoint"),
+    (["--resume", "{tmp}/nothing"], "--resume: checkpoint not found"),
+    (["--lake", "s3://"], "--lake:"),
+    (["--symbio-config", "{tmp}/x.json"], "--symbio-config: only valid together with --symbio"),
+    (["--no-such-flag"], "unrecognized arguments"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_train_input(
+    argv: list[str], message: str, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    subs = {k: str(v) for k, v in _bad_files(tmp_path).items()} | {"tmp": str(tmp_path)}
+    argv = [a.format(**subs) for a in argv]
+    run_dir = tmp_path / "out"
+    code, out, err = run_cli(
+        ["train", *argv, "--device=cpu", f"--run-dir={run_dir}"]
+        if "--device" not in argv
+        else ["train", *argv, f"--run-dir={run_dir}"],
+        capsys,
+    )
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+    assert lines[0].startswith("alpha train: error: ")
+    assert "Traceback" not in err + out
+    assert not run_dir.exists() and not (tmp_path / "runs").exists()
+
+
+def test_bad_input_through_the_console_script(tmp_path: Path) -> None:
+    proc = alpha("train", "--lr", "nan", "--device", "cpu", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip() == "alpha train: error: --lr: input should be a finite number (got nan)"
+    )
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "lake").exists()
+
+
+def test_cuda_requested_without_cuda(tmp_path: Path, capsys, monkeypatch) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["train", "--device", "cuda", "--lake", str(tmp_path / "lake")], capsys)
+    assert code == 2 and err.strip() == (
+        "alpha train: error: --device: cuda requested but no CUDA device is available"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--checkpoint", "{tmp}/none"], "--checkpoint: checkpoint not found"),
+        (["--checkpoint", "{foreign}"], "is not an Alpha checkpoint"),
+        (["--checkpoint", "{garbage}"], "--checkpoint: unreadable checkpoint"),
+        (["--checkpoint", "{garbage}", "--tokens", "-1"], "--tokens: must be >= 0"),
+        ([], "the following arguments are required: --checkpoint"),
+    ],
+)
+def test_bad_sample_input(argv: list[str], message: str, tmp_path: Path, capsys) -> None:
+    subs = {k: str(v) for k, v in _bad_files(tmp_path).items()} | {"tmp": str(tmp_path)}
+    code, out, err = run_cli(["sample", *[a.format(**subs) for a in argv]], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert "Traceback" not in err + out

@@ -1,0 +1,95 @@
+"""The search as a Prefect flow: one task run per candidate, artifacts published."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from model.config import SHIPPED_CORPUS
+from tasks.resolve import resolve_run_config
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _resolved(tmp_path, symbio: dict):
+    data = tmp_path / "corpus.txt"
+    data.write_text(SHIPPED_CORPUS.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
+    return resolve_run_config(
+        {
+            "symbio": True,
+            "symbio_config": {"metricsInterval": 5, **symbio},
+            "data": str(data),
+            "device": "cpu",
+            "dim": 32,
+            "heads": 2,
+            "layers": 1,
+            "block": 32,
+            "batch": 8,
+            "lr": 1e-3,
+            "eval_iters": 2,
+            "eval_interval": 4,
+            "run_dir": str(tmp_path / "run"),
+        }  # fmt: skip
+    )
+
+
+async def _task_runs(flow_run_id: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with get_client() as client:
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+        arts = await client.read_artifacts()
+    return runs, arts
+
+
+def test_search_flow_runs_each_candidate_as_a_task(prefect_harness, tmp_path, monkeypatch):
+    monkeypatch.setenv("ALPHA_SEARCH_PROBE_STEPS", "0")
+    monkeypatch.setenv("ALPHA_SEARCH_SLOTS", "2")
+    from flows.search_flow import artifact_key, run_search_flow
+
+    resolved = _resolved(
+        tmp_path,
+        {"activationPool": ["gelu", "relu"], "populationSize": 2, "generations": 2,
+         "stepsPerCandidate": 6},
+    )  # fmt: skip
+    outcome = run_search_flow(resolved, use_lake=False)
+
+    assert outcome.status == "completed" and outcome.slots == 2
+    assert [len(g.ranked) for g in outcome.generations] == [2, 2]
+    assert all(r.ok for g in outcome.generations for r in g.ranked)
+    summary = json.loads((resolved.run_dir / "symbio-summary.json").read_text())
+    assert summary["winner"]["activation"] in ("gelu", "relu")
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    async def flow_id():
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    name=FlowRunFilterName(any_=[f"search-{resolved.run_id}"])
+                )
+            )
+            return str(runs[0].id), runs[0].state.type.value
+
+    fid, state = asyncio.run(flow_id())
+    assert state == "COMPLETED"
+    task_runs, artifacts = asyncio.run(_task_runs(fid))
+    names = sorted(t.name for t in task_runs)
+    train_runs = [n for n in names if n.startswith("train-g")]
+    assert train_runs == ["train-g0-c00-gelu", "train-g0-c01-relu"] + sorted(
+        f"train-{r.candidate.candidate_id}-{r.activation}" for r in outcome.generations[1].ranked
+    )
+    assert "spawn-candidates-g0" in names and "mutate-g1" in names
+    assert {"rank-generation-0", "rank-generation-1"} <= set(names)
+    assert all(t.state.type.value == "COMPLETED" for t in task_runs)
+    keys = {a.key for a in artifacts}
+    key = artifact_key(resolved.run_id)
+    assert {key, f"{key}-candidates"} <= keys
+    report = next(a for a in artifacts if a.key == key)
+    assert "Winner" in report.data
