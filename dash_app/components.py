@@ -6,7 +6,6 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import plotly.graph_objects as go
 from dash import dcc, html
 
 from dash_app import theme
@@ -24,7 +23,7 @@ def status_badge(status: str | None) -> html.Span:
     return badge(status, theme.STATUS_CLASSES.get(status, "neutral"), id="run-status")
 
 
-def live_graph(key: str, figure: go.Figure, *, wide: bool = False) -> html.Div:
+def live_graph(key: str, figure: dict, *, wide: bool = False) -> html.Div:
     """A chart card whose graph takes live ``extendData`` (id type ``live-graph``)."""
     return html.Div(
         dcc.Graph(id={"type": "live-graph", "key": key}, figure=figure, config=GRAPH_CONFIG),
@@ -33,7 +32,7 @@ def live_graph(key: str, figure: go.Figure, *, wide: bool = False) -> html.Div:
     )
 
 
-def static_graph(key: str, figure: go.Figure, *, wide: bool = False) -> html.Div:
+def static_graph(key: str, figure: dict, *, wide: bool = False) -> html.Div:
     return html.Div(
         dcc.Graph(id=f"graph-{key}", figure=figure, config=GRAPH_CONFIG),
         id=f"card-{key}",

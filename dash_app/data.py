@@ -180,11 +180,16 @@ def _sparse(full: pl.DataFrame) -> pl.DataFrame:
 def series_frame(
     lake: Lake, run_id: str, *, max_points: int = MAX_POINTS
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """``(series, full)``: the joined series frame and the full-resolution side columns."""
-    dense = reader.run_metrics(lake, run_id, list(DENSE_COLUMNS), max_points=max_points)
-    full = reader.run_metrics(
-        lake, run_id, ["step", *SPARSE_COLUMNS, *EVENT_COLUMNS, *_PROGRESS_COLUMNS]
-    )
+    """``(series, full)``: the joined series frame and the full-resolution rows.
+
+    One read of the run (an object store serves each file once), then the
+    reader's spike-keeping ``downsample`` for the dense columns.
+    """
+    columns = dict.fromkeys([*DENSE_COLUMNS, *SPARSE_COLUMNS, *EVENT_COLUMNS, *_PROGRESS_COLUMNS])
+    full = reader.run_metrics(lake, run_id, list(columns))
+    dense = full.select(DENSE_COLUMNS)
+    if dense.height > max_points:
+        dense = reader.downsample(dense, max_points)
     series = dense
     for part in (_sparse(full), _events(full)):
         if part.height:

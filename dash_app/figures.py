@@ -19,14 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import plotly.graph_objects as go
 import polars as pl
 
 from dash_app import theme
 from storage.schema import CUSUM_BITS
 
-_EMPTY = np.empty(0, dtype=np.float64)
+#: A figure in Plotly's JSON form: ``{"data": [trace, ...], "layout": {...}}``.
+Figure = dict[str, Any]
+
 _HIDDEN_AXIS = dict(range=[0, 1], visible=False, fixedrange=True, overlaying="y")
 
 
@@ -93,31 +93,27 @@ LIVE_COLUMNS: tuple[str, ...] = tuple(
 # -- trace data -----------------------------------------------------------------
 
 
-def trace_xy(df: pl.DataFrame, spec: TraceSpec) -> tuple[Any, Any]:
-    """The ``(x, y)`` of one trace; empty when a column is missing.
+def trace_xy(df: pl.DataFrame, spec: TraceSpec) -> tuple[list, list]:
+    """The ``(x, y)`` lists of one trace; empty when a column is missing.
 
-    Lines come back as float64 numpy arrays: Plotly ships them base64-encoded
-    (fast to build and send) and the browser holds ``Float64Array``s, which
-    ``extendData`` can grow without overflow (int arrays would be narrowed to
-    the smallest int type that fits the first points). Vertical markers come
-    back as lists, since they need ``None`` separators.
+    Plain lists, not numpy arrays: Plotly would ship arrays base64-encoded, and
+    plotly.js keeps those as ``{dtype, bdata}`` objects in ``gd.data``, which
+    ``Plotly.extendTraces`` (Dash ``extendData``) cannot extend.
     """
     if df.is_empty() or not spec.columns() <= set(df.columns):
-        return ([], []) if spec.kind == "vline" else (_EMPTY, _EMPTY)
+        return [], []
     rows = df.filter(pl.col(spec.y).is_not_null())
     if spec.where is not None:
         rows = rows.filter(spec.where.fill_null(False))
+    steps = rows["step"].to_list()
     if spec.kind == "vline":
         x: list = []
         y: list = []
-        for s in rows["step"].to_list():
+        for s in steps:
             x += [s, s, None]
             y += [0, 1, None]
         return x, y
-    return (
-        rows["step"].cast(pl.Float64).to_numpy(),
-        rows[spec.y].cast(pl.Float64).to_numpy(),
-    )
+    return steps, rows[spec.y].to_list()
 
 
 def extend_payload(
@@ -125,8 +121,7 @@ def extend_payload(
 ) -> list | None:
     """Dash ``extendData`` for new rows ``df``; ``None`` when nothing is new."""
     pairs = [trace_xy(df, s) for s in specs]
-    xs = [list(x) if isinstance(x, list) else x.tolist() for x, _ in pairs]
-    ys = [list(y) if isinstance(y, list) else y.tolist() for _, y in pairs]
+    xs, ys = [x for x, _ in pairs], [y for _, y in pairs]
     if not any(xs):
         return None
     payload: list = [{"x": xs, "y": ys}, list(range(len(specs)))]
@@ -144,19 +139,26 @@ def has_data(df: pl.DataFrame, *columns: str) -> bool:
 
 
 # -- building blocks ------------------------------------------------------------
+#
+# Figures are plain dicts in Plotly's JSON form (what ``dcc.Graph`` takes), not
+# ``go.Figure``s: validating and deep-copying twenty figures of ~2,000 points
+# costs more than the whole one-second budget of a run page.
 
 
-def _figure(title: str, height: int = 300, **layout) -> go.Figure:
-    fig = go.Figure()
-    fig.update_layout(
-        template=theme.TEMPLATE_NAME,
+def _axis_title(text: str) -> dict:
+    return dict(title=dict(text=text))
+
+
+def _layout(title: str, height: int = 300, **layout: Any) -> dict:
+    base = dict(
+        template=theme.TEMPLATE_JSON,
         title=dict(text=title),
         height=height,
         uirevision="keep",
-        xaxis=dict(title=dict(text="step")),
-        **layout,
+        xaxis=_axis_title("step"),
     )
-    return fig
+    base.update(layout)
+    return base
 
 
 def _line(
@@ -167,40 +169,63 @@ def _line(
     *,
     width: float = 1.6,
     markers: bool = False,
-    mode: str | None = None,
-    marker: dict | None = None,
-    **kw,
-) -> go.Scatter:
+    **kw: Any,
+) -> dict:
     x, y = trace_xy(df, spec)
-    return go.Scatter(
+    trace = dict(
+        type="scatter",
         x=x,
         y=y,
         name=name,
-        mode=mode or ("lines+markers" if markers else "lines"),
+        mode="lines+markers" if markers else "lines",
         line=dict(color=color, width=width),
-        marker=marker or dict(size=5, color=color),
+        marker=dict(size=5, color=color),
         connectgaps=True,
-        **kw,
     )
+    trace.update(kw)
+    return trace
 
 
-def _no_data(fig: go.Figure, text: str = "no data yet") -> go.Figure:
-    fig.add_annotation(
-        text=text,
+def _hline(y: float, text: str, color: str) -> tuple[dict, dict]:
+    """A dashed horizontal reference line across the plot, and its label."""
+    shape = dict(
+        type="line",
         xref="paper",
-        yref="paper",
-        x=0.5,
-        y=0.5,
-        showarrow=False,
-        font=dict(color=theme.MUTED, size=13),
+        x0=0,
+        x1=1,
+        yref="y",
+        y0=y,
+        y1=y,
+        line=dict(color=color, dash="dash", width=1.5),
     )
-    return fig
+    label = dict(
+        xref="paper",
+        x=0,
+        yref="y",
+        y=y,
+        text=text,
+        showarrow=False,
+        xanchor="left",
+        yanchor="bottom",
+        font=dict(color=color, size=10),
+    )
+    return shape, label
 
 
-def _finish(fig: go.Figure) -> go.Figure:
-    if not any(t.x is not None and len(t.x) for t in fig.data):
-        _no_data(fig)
-    return fig
+def _figure(traces: list[dict], layout: dict) -> Figure:
+    """The figure dict, with a "no data yet" note when every trace is empty."""
+    if not any(len(t.get("x", ())) for t in traces):
+        note = dict(
+            text="no data yet",
+            xref="paper",
+            yref="paper",
+            x=0.5,
+            y=0.5,
+            showarrow=False,
+            font=dict(color=theme.MUTED, size=13),
+        )
+        layout = {**layout, "annotations": [*layout.get("annotations", []), note]}
+    return {"data": traces, "layout": layout}
 
 
 # -- core charts (every run) ---------------------------------------------------
@@ -213,75 +238,71 @@ _SINGLE = {
 }
 
 
-def loss_figure(df: pl.DataFrame, *, segments: Sequence[tuple[int, int, str]] = ()) -> go.Figure:
+def loss_figure(df: pl.DataFrame, *, segments: Sequence[tuple[int, int, str]] = ()) -> Figure:
     """Training loss (every step) and validation loss (eval steps).
 
     ``segments``: ``(first_step, last_step, label)`` bands, e.g. the search
     candidates that trained one after another in the run's step range.
     """
     train, val = LIVE_TRACES["loss"]
-    fig = _figure("Loss", height=340)
-    fig.add_trace(_line(df, train, "loss", theme.BLUE, width=1.2))
-    fig.add_trace(_line(df, val, "val loss", theme.ORANGE, width=2, markers=True))
+    traces = [
+        _line(df, train, "loss", theme.BLUE, width=1.2),
+        _line(df, val, "val loss", theme.ORANGE, width=2, markers=True),
+    ]
+    layout = _layout("Loss", height=340)
     if segments:
-        fig.update_layout(
-            shapes=[
-                dict(
-                    type="rect",
-                    xref="x",
-                    yref="paper",
-                    x0=start,
-                    x1=stop,
-                    y0=0,
-                    y1=1,
-                    fillcolor=theme.BORDER if i % 2 else theme.BG,
-                    opacity=0.35,
-                    line_width=0,
-                    layer="below",
-                )
-                for i, (start, stop, _) in enumerate(segments)
-            ],
-            annotations=[
-                dict(
-                    x=start,
-                    y=1,
-                    xref="x",
-                    yref="paper",
-                    text=label,
-                    showarrow=False,
-                    xanchor="left",
-                    yanchor="top",
-                    font=dict(size=9, color=theme.MUTED),
-                )
-                for start, _, label in segments
-            ],
-        )
-    return _finish(fig)
+        layout["shapes"] = [
+            dict(
+                type="rect",
+                xref="x",
+                yref="paper",
+                x0=start,
+                x1=stop,
+                y0=0,
+                y1=1,
+                fillcolor=theme.BORDER if i % 2 else theme.BG,
+                opacity=0.35,
+                line=dict(width=0),
+                layer="below",
+            )
+            for i, (start, stop, _) in enumerate(segments)
+        ]
+        layout["annotations"] = [
+            dict(
+                x=start,
+                y=1,
+                xref="x",
+                yref="paper",
+                text=label,
+                showarrow=False,
+                xanchor="left",
+                yanchor="top",
+                font=dict(size=9, color=theme.MUTED),
+            )
+            for start, _, label in segments
+        ]
+    return _figure(traces, layout)
 
 
-def metric_figure(df: pl.DataFrame, key: str, *, hline: float | None = None) -> go.Figure:
+def metric_figure(df: pl.DataFrame, key: str, *, hline: float | None = None) -> Figure:
     """One of the single-series charts: ``lr``, ``grad_norm``, ``tokens_per_sec``, ``ms_per_iter``.
 
     ``hline`` draws a dashed reference (the ``grad_clip`` threshold on grad norm).
     """
     title, label, color = _SINGLE[key]
-    fig = _figure(title, height=260)
-    fig.add_trace(_line(df, LIVE_TRACES[key][0], label, color, width=1.2))
+    layout = _layout(title, height=260)
     if key == "lr":
-        fig.update_yaxes(exponentformat="e")
+        layout["yaxis"] = dict(exponentformat="e")
     if hline is not None:
-        fig.add_hline(
-            y=hline,
-            line=dict(color=theme.MUTED, dash="dash", width=1),
-            annotation=dict(text=f"clip {hline:g}", font=dict(color=theme.MUTED, size=10)),
-        )
-    return _finish(fig)
+        shape, note = _hline(hline, f"clip {hline:g}", theme.MUTED)
+        layout.update(shapes=[shape], annotations=[note])
+    return _figure([_line(df, LIVE_TRACES[key][0], label, color, width=1.2)], layout)
 
 
-def clip_figure(df: pl.DataFrame) -> go.Figure:
+def clip_figure(df: pl.DataFrame) -> Figure:
     """PRD §13.4: clip_coef (left axis) and clip_pct (right axis), both 0-1."""
     coef, pct = LIVE_TRACES["clip"]
-    fig = _figure(
+    layout = _layout(
         "Gradient clipping",
         height=280,
         yaxis=dict(title=dict(text="clip_coef"), range=[0, 1.05]),
@@ -293,39 +314,36 @@ def clip_figure(df: pl.DataFrame) -> go.Figure:
             showgrid=False,
         ),
     )
-    fig.add_trace(_line(df, coef, "clip_coef", theme.GREEN, width=1.2))
-    fig.add_trace(_line(df, pct, "clip_pct", theme.RED, width=1.2, yaxis="y2"))
-    return _finish(fig)
+    traces = [
+        _line(df, coef, "clip_coef", theme.GREEN, width=1.2),
+        _line(df, pct, "clip_pct", theme.RED, width=1.2, yaxis="y2"),
+    ]
+    return _figure(traces, layout)
 
 
 # -- symbio charts ---------------------------------------------------------------
 
 
-def cusum_figure(df: pl.DataFrame, threshold: float | None) -> go.Figure:
+def cusum_figure(df: pl.DataFrame, threshold: float | None) -> Figure:
     """PRD §13.3: four CUSUM accumulators, the alert threshold and alert markers.
 
     ``threshold`` is the run's ``cusumSensitivity`` (never a constant here);
-    ``None`` when the run's config does not record it.
+    ``None`` when the run's config does not record it. Alert onsets are dotted
+    vertical lines in the signal's colour; the unified hover lists all four
+    accumulators and, at an alert, which monitor fired.
     """
     specs = LIVE_TRACES["cusum"]
-    fig = _figure(
-        "CUSUM monitor", height=340, yaxis=dict(title=dict(text="CUSUM")), yaxis2=_HIDDEN_AXIS
-    )
-    for spec, sig in zip(specs[:4], CUSUM_SIGNALS, strict=True):
-        fig.add_trace(
-            _line(
-                df,
-                spec,
-                f"cusum_{sig}",
-                theme.SIGNAL_COLORS[sig],
-                width=1.4,
-                hovertemplate="%{y:.3f}",
-            )
+    traces = [
+        _line(
+            df, spec, f"cusum_{sig}", theme.SIGNAL_COLORS[sig], width=1.4, hovertemplate="%{y:.3f}"
         )
+        for spec, sig in zip(specs[:4], CUSUM_SIGNALS, strict=True)
+    ]
     for spec, sig in zip(specs[4:], CUSUM_SIGNALS, strict=True):
         x, y = trace_xy(df, spec)
-        fig.add_trace(
-            go.Scatter(
+        traces.append(
+            dict(
+                type="scatter",
                 x=x,
                 y=y,
                 name=f"{sig} alert",
@@ -333,60 +351,56 @@ def cusum_figure(df: pl.DataFrame, threshold: float | None) -> go.Figure:
                 yaxis="y2",
                 line=dict(color=theme.SIGNAL_COLORS[sig], width=1, dash="dot"),
                 opacity=0.7,
-                hovertemplate="ALERT<extra>%{fullData.name}</extra>",
+                hovertemplate="ALERT",
             )
         )
+    layout = _layout("CUSUM monitor", height=340, yaxis=_axis_title("CUSUM"), yaxis2=_HIDDEN_AXIS)
     if threshold is not None:
-        fig.add_hline(
-            y=threshold,
-            line=dict(color=theme.YELLOW, dash="dash", width=1.5),
-            annotation=dict(
-                text=f"threshold {threshold:g}",
-                font=dict(color=theme.YELLOW, size=10),
-                xanchor="left",
-                x=0,
-            ),
-        )
-    return _finish(fig)
+        shape, note = _hline(threshold, f"threshold {threshold:g}", theme.YELLOW)
+        layout.update(shapes=[shape], annotations=[note])
+    return _figure(traces, layout)
 
 
-def weight_entropy_figure(df: pl.DataFrame) -> go.Figure:
-    fig = _figure("Weight entropy", height=240, yaxis=dict(title=dict(text="bits")))
-    fig.add_trace(
-        _line(df, LIVE_TRACES["weight_entropy"][0], "weight entropy", theme.BLUE, markers=True)
+def weight_entropy_figure(df: pl.DataFrame) -> Figure:
+    spec = LIVE_TRACES["weight_entropy"][0]
+    return _figure(
+        [_line(df, spec, "weight entropy", theme.BLUE, markers=True)],
+        _layout("Weight entropy", height=240, yaxis=_axis_title("bits")),
     )
-    return _finish(fig)
 
 
-def effective_rank_figure(df: pl.DataFrame) -> go.Figure:
-    fig = _figure("Effective rank", height=240)
-    fig.add_trace(
-        _line(df, LIVE_TRACES["effective_rank"][0], "effective rank", theme.GREEN, markers=True)
+def effective_rank_figure(df: pl.DataFrame) -> Figure:
+    spec = LIVE_TRACES["effective_rank"][0]
+    return _figure(
+        [_line(df, spec, "effective rank", theme.GREEN, markers=True)],
+        _layout("Effective rank", height=240),
     )
-    return _finish(fig)
 
 
-def free_energy_figure(df: pl.DataFrame) -> go.Figure:
+def free_energy_figure(df: pl.DataFrame) -> Figure:
     """Free energy (sparse) with the training loss as a faint overlay."""
     fe, loss = LIVE_TRACES["free_energy"]
-    fig = _figure("Free energy", height=240)
-    fig.add_trace(_line(df, fe, "free energy", theme.PINK, markers=True))
-    fig.add_trace(_line(df, loss, "loss", theme.BLUE, width=1, opacity=0.35))
-    return _finish(fig)
+    traces = [
+        _line(df, fe, "free energy", theme.PINK, markers=True),
+        _line(df, loss, "loss", theme.BLUE, width=1, opacity=0.35),
+    ]
+    return _figure(traces, _layout("Free energy", height=240))
 
 
-def fitness_figure(df: pl.DataFrame) -> go.Figure:
+def fitness_figure(df: pl.DataFrame) -> Figure:
     """Fitness (left) and complexity (right) on two axes."""
     fit, cx = LIVE_TRACES["fitness"]
-    fig = _figure(
+    layout = _layout(
         "Fitness & complexity",
         height=240,
-        yaxis=dict(title=dict(text="fitness")),
+        yaxis=_axis_title("fitness"),
         yaxis2=dict(title=dict(text="complexity"), overlaying="y", side="right", showgrid=False),
     )
-    fig.add_trace(_line(df, fit, "fitness", theme.YELLOW, markers=True))
-    fig.add_trace(_line(df, cx, "complexity", theme.PURPLE, markers=True, yaxis="y2"))
-    return _finish(fig)
+    traces = [
+        _line(df, fit, "fitness", theme.YELLOW, markers=True),
+        _line(df, cx, "complexity", theme.PURPLE, markers=True, yaxis="y2"),
+    ]
+    return _figure(traces, layout)
 
 
 _REASON_COLORS = dict(
@@ -395,66 +409,80 @@ _REASON_COLORS = dict(
 MAX_BATCH_ANNOTATIONS = 24
 
 
-def batch_figure(df: pl.DataFrame) -> go.Figure:
-    """PRD §13.6: adaptive batch size as a step chart, change reasons at transitions."""
+def batch_figure(df: pl.DataFrame) -> Figure:
+    """PRD §13.6: adaptive batch size as a step chart, change reasons at transitions.
+
+    One marker trace per reason (hover names the reason); the latest
+    ``MAX_BATCH_ANNOTATIONS`` transitions are also labelled on the chart.
+    """
     line, *reasons = LIVE_TRACES["batch"]
-    fig = _figure("Adaptive batch size", height=280, yaxis=dict(title=dict(text="batch size")))
-    x, y = trace_xy(df, line)
-    fig.add_trace(
-        go.Scatter(
-            x=x, y=y, name="batch", mode="lines", line=dict(color=theme.BLUE, width=2, shape="hv")
+    traces = [
+        _line(
+            df, line, "batch", theme.BLUE, width=2, line=dict(color=theme.BLUE, width=2, shape="hv")
         )
-    )
+    ]
     for spec, reason in zip(reasons, BATCH_REASONS, strict=True):
-        fig.add_trace(
+        color = _REASON_COLORS[reason]
+        traces.append(
             _line(
                 df,
                 spec,
                 reason,
-                _REASON_COLORS[reason],
+                color,
                 mode="markers",
-                marker=dict(size=8, color=_REASON_COLORS[reason], symbol="diamond"),
+                marker=dict(size=8, color=color, symbol="diamond"),
             )
         )
-    if "batch_change_reason" in df.columns:
-        changes = df.filter(pl.col("batch_change_reason").is_not_null()).tail(MAX_BATCH_ANNOTATIONS)
-        fig.update_layout(
-            annotations=[
-                dict(
-                    x=step,
-                    y=size,
-                    text=reason,
-                    showarrow=True,
-                    arrowhead=0,
-                    ax=0,
-                    ay=-22,
-                    font=dict(size=10, color=_REASON_COLORS.get(reason, theme.MUTED)),
-                )
-                for step, size, reason in changes.select(
-                    "step", "adaptive_batch_size", "batch_change_reason"
-                ).iter_rows()
-            ]
+    layout = _layout("Adaptive batch size", height=280, yaxis=_axis_title("batch size"))
+    if {"batch_change_reason", "adaptive_batch_size"} <= set(df.columns):
+        changes = df.filter(pl.col("batch_change_reason").is_not_null())
+        # Label the first change of each streak of same-reason changes only.
+        reason = pl.col("batch_change_reason")
+        changes = changes.filter((reason != reason.shift(1)).fill_null(True)).tail(
+            MAX_BATCH_ANNOTATIONS
         )
-    return _finish(fig)
+        layout["annotations"] = [
+            dict(
+                x=step,
+                y=size,
+                text=reason,
+                showarrow=True,
+                arrowhead=0,
+                ax=0,
+                ay=-22,
+                arrowcolor=theme.BORDER,
+                font=dict(size=10, color=_REASON_COLORS.get(reason, theme.MUTED)),
+            )
+            for step, size, reason in changes.select(
+                "step", "adaptive_batch_size", "batch_change_reason"
+            ).iter_rows()
+        ]
+    return _figure(traces, layout)
 
 
-def information_plane_figure(df: pl.DataFrame) -> go.Figure:
+def information_plane_figure(df: pl.DataFrame) -> Figure:
     """PRD §13.7: I(X;T) vs I(T;Y), coloured by step from blue (early) to red (late)."""
-    fig = _figure("Information plane", height=320, hovermode="closest")
-    fig.update_xaxes(title=dict(text="I(X;T) bits"))
-    fig.update_yaxes(title=dict(text="I(T;Y) bits"))
+    layout = _layout(
+        "Information plane",
+        height=320,
+        hovermode="closest",
+        xaxis=_axis_title("I(X;T) bits"),
+        yaxis=_axis_title("I(T;Y) bits"),
+    )
+    traces = []
     if {"mi_input_repr", "mi_repr_output"} <= set(df.columns):
         pts = df.filter(
             pl.col("mi_input_repr").is_not_null() & pl.col("mi_repr_output").is_not_null()
         )
         steps = pts["step"].to_list()
-        fig.add_trace(
-            go.Scatter(
+        traces.append(
+            dict(
+                type="scatter",
                 x=pts["mi_input_repr"].to_list(),
                 y=pts["mi_repr_output"].to_list(),
                 mode="lines+markers",
                 name="trajectory",
-                line=dict(color=theme.BORDER, width=1),
+                line=dict(color="#334155", width=1),
                 marker=dict(
                     size=9,
                     color=steps,
@@ -466,22 +494,24 @@ def information_plane_figure(df: pl.DataFrame) -> go.Figure:
                 hovertemplate="step %{customdata}<br>I(X;T) %{x:.3f}<br>I(T;Y) %{y:.3f}<extra></extra>",
             )
         )
-    return _finish(fig)
+    return _figure(traces, layout)
 
 
-def mi_trajectory_figure(df: pl.DataFrame) -> go.Figure:
+def mi_trajectory_figure(df: pl.DataFrame) -> Figure:
     """PRD §13.8: the three MI series over steps (compression on the right axis)."""
     xr, ry, comp = LIVE_TRACES["mi_trajectory"]
-    fig = _figure(
+    layout = _layout(
         "MI trajectory",
         height=320,
-        yaxis=dict(title=dict(text="bits")),
+        yaxis=_axis_title("bits"),
         yaxis2=dict(title=dict(text="compression"), overlaying="y", side="right", showgrid=False),
     )
-    fig.add_trace(_line(df, xr, "I(X;T)", theme.BLUE, markers=True))
-    fig.add_trace(_line(df, ry, "I(T;Y)", theme.ORANGE, markers=True))
-    fig.add_trace(_line(df, comp, "I(T;Y)/I(X;T)", theme.GREEN, markers=True, yaxis="y2"))
-    return _finish(fig)
+    traces = [
+        _line(df, xr, "I(X;T)", theme.BLUE, markers=True),
+        _line(df, ry, "I(T;Y)", theme.ORANGE, markers=True),
+        _line(df, comp, "I(T;Y)/I(X;T)", theme.GREEN, markers=True, yaxis="y2"),
+    ]
+    return _figure(traces, layout)
 
 
 def activation_shares(df: pl.DataFrame) -> pl.DataFrame:
@@ -509,20 +539,25 @@ def activation_shares(df: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(records).rename({"x": by}).fill_null(0.0)
 
 
-def activation_distribution_figure(df: pl.DataFrame) -> go.Figure:
+def activation_distribution_figure(df: pl.DataFrame) -> Figure:
     """PRD §13.9: stacked area of activation shares over generations."""
     shares = activation_shares(df)
-    by = shares.columns[0] if shares.width else "generation"
-    fig = _figure("Activation distribution", height=300, hovermode="x unified")
-    fig.update_xaxes(
-        title=dict(text="generation" if by == "symbio_generation" else "step"),
-        dtick=1 if by == "symbio_generation" else None,
+    by = shares.columns[0] if shares.width else "symbio_generation"
+    per_gen = by == "symbio_generation"
+    layout = _layout(
+        "Activation distribution",
+        height=300,
+        xaxis=dict(
+            title=dict(text="generation" if per_gen else "step"), dtick=1 if per_gen else None
+        ),
+        yaxis=dict(title=dict(text="share"), range=[0, 1], tickformat=".0%"),
     )
-    fig.update_yaxes(title=dict(text="share"), range=[0, 1], tickformat=".0%")
+    traces = []
     for i, act in enumerate(c for c in shares.columns if c != by):
         color = theme.ACTIVATION_COLORS.get(act, theme.PALETTE[i % len(theme.PALETTE)])
-        fig.add_trace(
-            go.Scatter(
+        traces.append(
+            dict(
+                type="scatter",
                 x=shares[by].to_list(),
                 y=shares[act].to_list(),
                 name=theme.activation_label(act),
@@ -532,22 +567,19 @@ def activation_distribution_figure(df: pl.DataFrame) -> go.Figure:
                 hovertemplate="%{y:.0%}",
             )
         )
-    return _finish(fig)
+    return _figure(traces, layout)
 
 
-def sparkline_figure(values: Sequence[float], color: str = theme.BLUE) -> go.Figure:
+def sparkline_figure(values: Sequence[float], color: str = theme.BLUE) -> Figure:
     """A tiny axis-less line for a stats tile."""
-    fig = go.Figure(
-        go.Scatter(
-            y=list(values),
-            mode="lines",
-            line=dict(color=color, width=1.5),
-            fill="tozeroy",
-            fillcolor="rgba(96,165,250,0.08)",
-            hoverinfo="skip",
-        )
+    trace = dict(
+        type="scatter",
+        y=list(values),
+        mode="lines",
+        line=dict(color=color, width=1.5),
+        hoverinfo="skip",
     )
-    fig.update_layout(
+    layout = dict(
         height=36,
         margin=dict(l=0, r=0, t=2, b=2),
         paper_bgcolor="rgba(0,0,0,0)",
@@ -556,26 +588,18 @@ def sparkline_figure(values: Sequence[float], color: str = theme.BLUE) -> go.Fig
         yaxis=dict(visible=False),
         showlegend=False,
     )
-    return fig
+    return {"data": [trace], "layout": layout}
 
 
 # -- compare -------------------------------------------------------------------
 
 
-def compare_figure(frames: dict[str, pl.DataFrame], column: str, title: str) -> go.Figure:
+def compare_figure(frames: dict[str, pl.DataFrame], column: str, title: str) -> Figure:
     """Overlay ``column`` of several runs (run id -> series frame)."""
-    fig = _figure(title, height=360)
+    traces = []
     for i, (run_id, df) in enumerate(frames.items()):
-        x, y = trace_xy(df, TraceSpec(column))
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=y,
-                name=run_id,
-                mode="lines+markers" if column == "val_loss" else "lines",
-                line=dict(color=theme.PALETTE[i % len(theme.PALETTE)], width=1.5),
-                marker=dict(size=5),
-                connectgaps=True,
-            )
+        color = theme.PALETTE[i % len(theme.PALETTE)]
+        traces.append(
+            _line(df, TraceSpec(column), run_id, color, width=1.5, markers=column == "val_loss")
         )
-    return _finish(fig)
+    return _figure(traces, _layout(title, height=360))

@@ -53,7 +53,7 @@ _axis = dict(
     tickfont=dict(color=MUTED, size=11),
     title=dict(font=dict(color=MUTED, size=11)),
 )
-pio.templates[TEMPLATE_NAME] = go.layout.Template(
+TEMPLATE = go.layout.Template(
     layout=go.Layout(
         paper_bgcolor=PANEL,
         plot_bgcolor=PANEL,
@@ -64,12 +64,28 @@ pio.templates[TEMPLATE_NAME] = go.layout.Template(
         hovermode="x unified",
         hoverlabel=dict(bgcolor="#0f172a", bordercolor=BORDER, font=dict(color=TEXT)),
         legend=dict(
-            orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0, font=dict(size=11)
+            orientation="h",
+            yanchor="bottom",
+            y=1.02,
+            xanchor="right",
+            x=1,
+            font=dict(size=11),
+            bgcolor="rgba(0,0,0,0)",
         ),
-        margin=dict(l=52, r=24, t=40, b=36),
-        title=dict(font=dict(size=14, color=TEXT), x=0.01, xanchor="left"),
+        margin=dict(l=56, r=24, t=66, b=40),
+        title=dict(
+            font=dict(size=14, color=TEXT),
+            x=0.01,
+            xanchor="left",
+            yref="container",
+            y=0.97,
+            yanchor="top",
+        ),
     )
 )
+pio.templates[TEMPLATE_NAME] = TEMPLATE
+#: The template as plain JSON, for figures built as dicts.
+TEMPLATE_JSON = TEMPLATE.to_plotly_json()
 
 
 def activation_label(name: str | None) -> str:
@@ -108,10 +124,10 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{s}s"
 
 
-def fmt_time(ts: datetime | None) -> str:
-    """UTC timestamp as 'YYYY-MM-DD HH:MM'."""
+def fmt_time(ts: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    """UTC timestamp as 'YYYY-MM-DD HH:MM' (or ``fmt``)."""
     if ts is None:
         return "—"
     if ts.tzinfo is not None:
         ts = ts - (ts.utcoffset() or timedelta(0))
-    return ts.strftime("%Y-%m-%d %H:%M")
+    return ts.strftime(fmt)

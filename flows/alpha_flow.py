@@ -30,6 +30,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Cancelled, Failed
 
+from flows.search_flow import run_search_flow
 from tasks.notify import NotifyHook, notifier_from_env
 from tasks.prefect_tasks import (
     flow_run_label,
@@ -149,7 +150,11 @@ def run_pipeline(explicit: dict[str, Any], *, lake_url: str | None = None) -> An
     notifier = notifier_from_env()
     hooks = (NotifyHook(notifier),) if notifier is not None and not is_search(resolved) else ()
     try:
-        outcome = train_run(resolved, lake_url, flow_run_id=flow_run_id, extra_hooks=hooks)
+        if is_search(resolved):
+            # the FFN activation search: the `symbio-search` subflow (flows/search_flow.py)
+            outcome = run_search_flow(resolved, lake_url=lake_url, flow_run_id=flow_run_id)
+        else:
+            outcome = train_run(resolved, lake_url, flow_run_id=flow_run_id, extra_hooks=hooks)
         landed = land_metrics(outcome, return_state=True)
         landed_report = landed.result() if landed.is_completed() else None
         summary = write_artifacts(resolved, outcome, landed_report)

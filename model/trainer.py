@@ -120,15 +120,33 @@ class Trainer:
         self.step_offset = step_offset
         self.progress = progress
         self.run_meta = dict(run_meta or {})
-        # -- everything that can reject user input happens before the run dir exists
+        # Everything that can reject user input happens before the run dir exists.
         check_inputs(cfg)
         self.device = resolve_device(cfg.device)
         self.ckpt = ckpt_io.read_meta(cfg.resume) if cfg.resume else None
+        self.start_step = self.ckpt.step if self.ckpt else 0
+        if cfg.iters <= self.start_step:
+            raise ConfigError(
+                f"--iters: {cfg.iters} is not beyond the checkpoint's step "
+                f"{self.start_step}; nothing to resume"
+            )
         self.run_id = run_id or (self.ckpt and self.ckpt.run_id) or new_run_id(cfg.domain)
         self.run_dir = self._choose_run_dir()
         self.dtype = self._choose_dtype()
         torch.manual_seed(cfg.seed)
         self.tokenizer, parts = self._load_data()
+        self._build_model()
+        # From here on we write.
+        self._prepare_run_dir(parts)
+        self.batch_size = cfg.batch
+        self.step = step_offset + self.start_step
+        self._forward = self._build_forward()
+        self._peak = peak_flops(self.device)
+        self._flops_per_token = self.model.flops_per_token()
+
+    def _build_model(self) -> None:
+        """Model and optimizer; restored from the checkpoint when resuming."""
+        cfg = self.cfg
         self.model_config = ModelConfig.from_train(cfg, self.tokenizer.vocab_size)
         if self.ckpt:
             ckpt_io.check_model_config(self.ckpt, self.model_config)
@@ -140,34 +158,23 @@ class Trainer:
             betas=(cfg.beta1, cfg.beta2),
             fused=self.device.type == "cuda",
         )
-        self.start_step = 0
         if self.ckpt:
             ckpt_io.load_model(self.ckpt.path, self.model)
             ckpt_io.load_training_state(self.ckpt.path, self.ckpt, self.optimizer)
-            self.start_step = self.ckpt.step
-            if cfg.iters <= self.start_step:
-                raise ConfigError(
-                    f"--iters: {cfg.iters} is not beyond the checkpoint's step "
-                    f"{self.start_step}; nothing to resume"
-                )
-        # -- from here on we write
+
+    def _prepare_run_dir(self, parts: dict[str, np.ndarray]) -> None:
+        """Token files, samplers, tokenizer.json and config.json in the run dir."""
+        cfg, vocab = self.cfg, self.tokenizer.vocab_size
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        paths = write_token_files(parts, self.tokenizer.vocab_size, self.run_dir / "data")
-        self.data = TokenData(paths, self.tokenizer.vocab_size, cfg.block, self.device, cfg.seed)
-        self._probe = TokenData(
-            paths, self.tokenizer.vocab_size, cfg.block, self.device, cfg.seed + 1
-        )
-        if self.ckpt:
+        paths = write_token_files(parts, vocab, self.run_dir / "data")
+        self.data = TokenData(paths, vocab, cfg.block, self.device, cfg.seed)
+        self._probe = TokenData(paths, vocab, cfg.block, self.device, cfg.seed + 1)  # for hooks
+        if self.ckpt and self.ckpt.meta.get("data_state"):
             self.data.load_state_dict(self.ckpt.meta["data_state"])
         self.best_val_loss = self.ckpt.meta.get("best_val_loss") if self.ckpt else None
+        self.checkpoint_path = self.run_dir / ckpt_io.FILENAME
         _atomic_write(self.run_dir / "tokenizer.json", self.tokenizer.to_json())
         _atomic_write(self.run_dir / "config.json", json.dumps(self.config_dict(), indent=2))
-        self.checkpoint_path = self.run_dir / ckpt_io.FILENAME
-        self.batch_size = cfg.batch
-        self.step = step_offset + self.start_step
-        self._forward = self._build_forward()
-        self._peak = peak_flops(self.device)
-        self._flops_per_token = self.model.flops_per_token()
 
     # -- setup helpers ----------------------------------------------------------
 
@@ -193,7 +200,7 @@ class Trainer:
         if self.cfg.dtype == "float32" or (self.cfg.dtype == "auto" and self.device.type != "cuda"):
             return torch.float32
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
             torch.backends.cudnn.allow_tf32 = True
         return torch.bfloat16
 
@@ -217,11 +224,15 @@ class Trainer:
         if not self.cfg.compile:
             return self.model
         compiled = torch.compile(self.model)
+        base = self.cfg.batch
 
         def forward(x: torch.Tensor, y: torch.Tensor):
-            # The batch dim is symbolic: set_batch_size() must not trigger recompiles.
-            torch._dynamo.maybe_mark_dynamic(x, 0)
-            torch._dynamo.maybe_mark_dynamic(y, 0)
+            # The configured batch size runs a static-shape graph (fastest kernels). The
+            # first other size compiles one graph with a symbolic batch dim that serves
+            # every later size: set_batch_size() costs one recompile, not one per size.
+            if x.size(0) != base:
+                torch._dynamo.maybe_mark_dynamic(x, 0)
+                torch._dynamo.maybe_mark_dynamic(y, 0)
             return compiled(x, y)
 
         return forward

@@ -66,7 +66,8 @@ class MetricSink:
     Options: ``max_rows`` (batch size, default 2000), ``max_seconds`` (batch
     age, default 5), ``batch_bounds`` ((batch_min, batch_max) of a symbio run;
     default: read from ``symbio_config`` of the first run row written), ``spool_dir`` (default ``$ALPHA_SPOOL`` or ``~/.cache/alpha/spool``),
-    ``retry_base``/``retry_max`` (backoff seconds), ``register_atexit``.
+    ``retry_base``/``retry_max`` (backoff seconds), ``register_atexit``,
+    ``gate_in_process`` (run GX in the writer thread instead of a child process).
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class MetricSink:
         retry_base: float = 1.0,
         retry_max: float = 30.0,
         register_atexit: bool = True,
+        gate_in_process: bool = False,
     ) -> None:
         self.lake = lake
         self.run_id = validate_run_id(run_id)
@@ -94,6 +96,7 @@ class MetricSink:
         self._next_retry = 0.0  # monotonic time before which the store is not tried
         self._q: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._gate: MetricsGate | None = None
+        self._gate_in_process = gate_in_process
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"lake-sink-{run_id}", daemon=True)
         self._thread.start()
@@ -148,6 +151,7 @@ class MetricSink:
     def _run(self) -> None:
         buffers: dict[str, list[dict]] = {t: [] for t in _TABLES}
         oldest: float | None = None
+        self._build_gate()  # GX import + suite (~3 s) while the trainer sets up
         self._retry_spool()  # leftovers of earlier runs on this lake
         while True:
             wait = self._wait_time(oldest)
@@ -174,6 +178,8 @@ class MetricSink:
                 payload.set()
             elif kind == _CLOSE:
                 self._retry_spool(force=True)
+                if self._gate is not None:
+                    self._gate.close()
                 return
             elif self._failures and time.monotonic() >= self._next_retry:
                 self._retry_spool()
@@ -237,12 +243,23 @@ class MetricSink:
     def _validate(self, table: str, rows: list[dict]) -> GateResult:
         if table == "runs" and self.batch_bounds is None:
             self.batch_bounds = _batch_bounds(rows[-1])
-            self._gate = None if self.batch_bounds else self._gate
+            if self.batch_bounds is not None:
+                self._build_gate()
         if table != "metrics":
             return check_rows(table, rows, self.run_id)
         if self._gate is None:
-            self._gate = MetricsGate(self.batch_bounds)
+            self._build_gate()
+        if self._gate is None:
+            raise RuntimeError("no validation suite")
         return self._gate.validate(rows, self.run_id)
+
+    def _build_gate(self) -> None:
+        if self._gate is not None:
+            self._gate.close()
+        try:
+            self._gate = MetricsGate(self.batch_bounds, in_process=self._gate_in_process)
+        except Exception:  # noqa: BLE001 - retried at the first batch; rows are never lost
+            log.exception("lake sink: could not build the validation suite")
 
     # -- store, spool, retry -----------------------------------------------------
     @property

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
+import multiprocessing
+import multiprocessing.util  # noqa: F401 - its atexit hook must run after the sinks'
 import numbers
 import os
 import time
@@ -43,6 +46,7 @@ from storage.schema import (
 
 BOOL = pa.bool_()
 _GATE_IDS = iter(range(1, 1 << 62))
+log = logging.getLogger(__name__)
 #: Helper column of the GX frame: names of the row's non-finite REAL values.
 NONFINITE = "__nonfinite"
 
@@ -87,6 +91,11 @@ def coerce_value(value: Any, type_: pa.DataType) -> Any:
     raise TypeError(f"expected {type_}, got {type(value).__name__}")
 
 
+#: Python types that need no conversion (timestamps need a tz check: no fast path).
+_EXACT = {REAL: float, INT: int, TEXT: str, BOOL: bool}
+_UNKNOWN = object()
+
+
 def coerce_rows(
     table: str, rows: list[dict[str, Any]], run_id: str | None = None
 ) -> tuple[list[dict], dict[int, list[str]]]:
@@ -95,13 +104,18 @@ def coerce_rows(
     ``run_id`` fills rows that lack one; a row naming another run fails.
     """
     types = {c.name: c.type for c in columns(table)}
+    exact = {name: _EXACT.get(t) for name, t in types.items()}
     typed: list[dict] = []
     failures: dict[int, list[str]] = defaultdict(list)
     for i, row in enumerate(rows):
         out = dict.fromkeys(types)
         for key, value in row.items():
-            if key not in types:
+            fast = exact.get(key, _UNKNOWN)
+            if fast is _UNKNOWN:
                 failures[i].append(f"unknown column {key!r}")
+                continue
+            if value is None or type(value) is fast:
+                out[key] = value  # fast path: already the right Python type
                 continue
             try:
                 out[key] = coerce_value(value, types[key])
@@ -123,27 +137,35 @@ class MetricsGate:
 
     ``batch_bounds``: ``(batch_min, batch_max)`` of a symbio run's adaptive
     batching; ``adaptive_batch_size`` must stay inside it.
+
+    ``in_process=False`` (the sink's default) runs the GX suite in a child
+    process (``GxWorker``): GX spends ~0.2-0.4 s of pure Python per batch,
+    and in a thread of the training process that time would hold the GIL the
+    training loop needs. If the child fails, the gate falls back to running
+    GX in the calling thread; rows are never skipped.
     """
 
-    def __init__(self, batch_bounds: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, batch_bounds: tuple[int, int] | None = None, *, in_process: bool = True
+    ) -> None:
         self.batch_bounds = batch_bounds
         self.schema = arrow_schema("metrics")  # with run_id, as validated in memory
         self._names = self.schema.names
-        self._definition = _build_validation(self._names, batch_bounds)
+        self._worker = None if in_process else GxWorker(batch_bounds)
+        self._definition = _build_validation(self._names, batch_bounds) if in_process else None
 
     def validate(self, rows: list[dict[str, Any]], run_id: str | None = None) -> GateResult:
         t0 = time.perf_counter()
         typed, failures = coerce_rows("metrics", rows, run_id)
         ok_idx = [i for i in range(len(rows)) if i not in failures]
+        valid = self.schema.empty_table()
         if ok_idx:
-            frame_rows = [typed[i] for i in ok_idx]
-            table = pa.Table.from_pylist(frame_rows, schema=_nullable(self.schema))
-            for pos, reasons in self._run_gx(table).items():
+            table = pa.Table.from_pylist([typed[i] for i in ok_idx], schema=_nullable(self.schema))
+            gx_failures = self._run_gx(table)
+            for pos, reasons in gx_failures.items():
                 failures.setdefault(ok_idx[pos], []).extend(reasons)
-        good = [typed[i] for i in range(len(rows)) if i not in failures]
-        valid = (
-            pa.Table.from_pylist(good, schema=self.schema) if good else self.schema.empty_table()
-        )
+            keep = pa.array([pos not in gx_failures for pos in range(len(ok_idx))])
+            valid = table.filter(keep).cast(self.schema)
         rejected = quarantine_table("metrics", rows, typed, failures)
         counts: dict[str, int] = defaultdict(int)
         for reasons in failures.values():
@@ -151,27 +173,102 @@ class MetricsGate:
                 counts[r.split(":", 1)[0]] += 1
         return GateResult(valid, rejected, time.perf_counter() - t0, dict(counts))
 
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+
     def _run_gx(self, table: pa.Table) -> dict[int, list[str]]:
-        """Row position -> reasons, from the GX suite over ``table``."""
-        frame = _gx_frame(table)
-        result = self._definition.run(
-            batch_parameters={"dataframe": frame}, result_format="COMPLETE"
+        if self._worker is not None:
+            try:
+                return self._worker.run(table)
+            except Exception as exc:  # noqa: BLE001 - fall back to validating here
+                log.warning("GX worker failed (%s); validating in-process", type(exc).__name__)
+                self._worker.close()
+                self._worker = None
+        if self._definition is None:
+            self._definition = _build_validation(self._names, self.batch_bounds)
+        return gx_failures(self._definition, table)
+
+
+def gx_failures(definition: Any, table: pa.Table) -> dict[int, list[str]]:
+    """Row position -> reasons, from the GX suite over ``table``."""
+    frame = _gx_frame(table)
+    result = definition.run(batch_parameters={"dataframe": frame}, result_format="COMPLETE")
+    failures: dict[int, list[str]] = defaultdict(list)
+    n = table.num_rows
+    for er in result.results:
+        if er.success:
+            continue
+        reason = _describe(er.expectation_config)
+        idx = (er.result or {}).get("unexpected_index_list")
+        if er.expectation_config.kwargs.get("column") == NONFINITE and idx:
+            for pos in idx:
+                failures[int(pos)].append(f"not finite: {frame[NONFINITE].iat[int(pos)]}")
+            continue
+        targets = [int(i) for i in idx] if idx else range(n)  # table-level: whole batch
+        for pos in targets:
+            failures[pos].append(reason)
+    return dict(failures)
+
+
+class GxWorker:
+    """The GX suite in a spawned child process.
+
+    Batches go in as Arrow IPC bytes and failures come back as JSON (no
+    pickle either way). The child builds the suite once and exits when the
+    pipe closes or its parent dies.
+    """
+
+    def __init__(self, batch_bounds: tuple[int, int] | None, timeout: float = 300.0) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._timeout = timeout
+        self._proc = ctx.Process(
+            target=_worker_main,
+            args=(child, list(batch_bounds) if batch_bounds else None),
+            name="alpha-lake-gx",
+            daemon=True,
         )
-        failures: dict[int, list[str]] = defaultdict(list)
-        n = table.num_rows
-        for er in result.results:
-            if er.success:
-                continue
-            reason = _describe(er.expectation_config)
-            idx = (er.result or {}).get("unexpected_index_list")
-            if er.expectation_config.kwargs.get("column") == NONFINITE and idx:
-                for pos in idx:
-                    failures[int(pos)].append(f"not finite: {frame[NONFINITE].iat[int(pos)]}")
-                continue
-            targets = [int(i) for i in idx] if idx else range(n)  # table-level: whole batch
-            for pos in targets:
-                failures[pos].append(reason)
-        return failures
+        self._proc.start()
+        child.close()
+
+    def run(self, table: pa.Table) -> dict[int, list[str]]:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        self._conn.send_bytes(sink.getvalue().to_pybytes())
+        if not self._conn.poll(self._timeout):
+            raise TimeoutError("GX worker did not answer")
+        status, payload = json.loads(self._conn.recv_bytes())
+        if status != "ok":
+            raise RuntimeError(payload)
+        return {int(k): v for k, v in payload.items()}
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except OSError:
+            pass
+        self._proc.join(timeout=5)
+        if self._proc.is_alive():
+            self._proc.terminate()
+
+
+def _worker_main(conn: Any, batch_bounds: list[int] | None) -> None:
+    definition = _build_validation(
+        arrow_schema("metrics").names, tuple(batch_bounds) if batch_bounds else None
+    )
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        try:
+            table = pa.ipc.open_stream(data).read_all()
+            reply = ["ok", {str(k): v for k, v in gx_failures(definition, table).items()}]
+        except Exception as exc:  # noqa: BLE001 - report, keep serving
+            reply = ["error", f"{type(exc).__name__}: {exc}"]
+        conn.send_bytes(json.dumps(reply).encode())
 
 
 def quarantine_table(
@@ -265,7 +362,6 @@ def _expectations(gx: Any, names: list[str], batch_bounds: tuple[int, int] | Non
         E.ExpectColumnValuesToBeBetween(column="clip_coef", min_value=0, max_value=1),
         E.ExpectColumnValuesToBeBetween(column="clip_pct", min_value=0, max_value=1),
         E.ExpectColumnValuesToBeBetween(column="cusum_alerts", min_value=0, max_value=15),
-        E.ExpectColumnValuesToBeBetween(column="step", min_value=0),
         E.ExpectCompoundColumnsToBeUnique(column_list=["run_id", "step"]),
     ]
     if batch_bounds is not None:

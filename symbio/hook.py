@@ -7,7 +7,8 @@ this order:
    eval steps, ``val_loss`` -> ``cusum_*`` columns;
 2. adaptive batch: alerts change the batch the loader yields on the *next*
    step (``trainer.set_batch_size``) -> ``adaptive_batch_size`` every step,
-   ``batch_change_reason`` on a change;
+   ``batch_change_reason`` on a change; a change re-baselines the grad, clip
+   and tokens/s monitors (the new batch size shifts those signals by design);
 3. every ``metricsInterval`` steps: the sparse metrics (weight entropy,
    effective rank, free energy, population entropy, activation distribution,
    complexity, MI profiles when enabled);
@@ -121,6 +122,7 @@ class SymbioHook(TrainerHook):
         if reason is None:
             return {"adaptive_batch_size": size}
         trainer.set_batch_size(size)
+        self.dashboard.rebaseline_step_signals()
         log.info("symbio: batch size -> %d (%s)", size, reason)
         return {"adaptive_batch_size": size, "batch_change_reason": reason}
 

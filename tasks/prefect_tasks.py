@@ -130,10 +130,12 @@ def train_run(
     flow_run_id: str | None = None,
     extra_hooks: Sequence[TrainerHook] = (),
 ) -> Any:
-    """Train one run, or the FFN activation search; returns the engine's outcome."""
+    """Train one run (``tasks.run.execute``); returns its ``RunOutcome``.
+
+    The FFN activation search is not a task: the flow runs it as the
+    ``symbio-search`` subflow (``flows.search_flow``), one task per candidate.
+    """
     resolved = _resume_if_retried(resolved)
-    if is_search(resolved):
-        return _run_search(resolved, lake_url, flow_run_id)
     from tasks.run import execute
 
     extra = {"flow_run_id": flow_run_id} if flow_run_id else None
@@ -158,18 +160,6 @@ def _resume_if_retried(resolved: ResolvedRun) -> ResolvedRun:
     again = resolve_run_config(explicit)
     log.info("retrying run %s from step %s", again.run_id, again.resumed_step)
     return again
-
-
-def _run_search(resolved: ResolvedRun, lake_url: str, flow_run_id: str | None) -> Any:
-    # ---- FFN activation search: flows/search_flow.py (search engineer) owns this --
-    try:
-        from flows.search_flow import run_search_in_flow
-    except ImportError:  # search flow not there: the plain, executor-less search
-        from symbio.search.runner import run_search
-
-        return run_search(resolved, lake_url=lake_url, progress=False, flow_run_id=flow_run_id)
-    return run_search_in_flow(resolved, lake_url=lake_url, flow_run_id=flow_run_id)
-    # ---- end of the search call site ----------------------------------------------
 
 
 # -- land metrics ------------------------------------------------------------------
@@ -239,13 +229,6 @@ def write_artifacts(
         key=artifact_key("alpha-metrics", outcome.run_id),
         description=f"Alpha run {outcome.run_id}: final metrics",
     )
-    candidates = _candidate_rows(outcome)
-    if candidates:
-        create_table_artifact(
-            table=candidates,
-            key=artifact_key("alpha-candidates", outcome.run_id),
-            description=f"Alpha search {outcome.run_id}: final population",
-        )
     return summary
 
 
@@ -345,12 +328,6 @@ def summary_markdown(summary: dict[str, Any], outcome: Any) -> str:
     if report.is_file():
         lines += ["", f"Full search report: `{report.resolve()}`"]
     return "\n".join(lines) + "\n"
-
-
-def _candidate_rows(outcome: Any) -> list[dict[str, Any]]:
-    population = (getattr(outcome, "summary", None) or {}).get("final_population") or []
-    keys = ("rank", "candidate_id", "activation", "generation", "best_val_loss", "fitness")
-    return [{k: _cell(c.get(k)) for k in keys} for c in population]
 
 
 def _cell(value: Any) -> Any:

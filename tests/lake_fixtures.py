@@ -58,6 +58,12 @@ def write_table(lake: Lake | str, table: str, run_id: str, columns: dict[str, An
     return put_object(lake, batch_key(table, run_id, object_name()), encode_parquet(data))
 
 
+def _best(values: np.ndarray) -> float | None:
+    """Lowest non-NaN value, or None when there is none."""
+    finite = values[~np.isnan(values)]
+    return float(finite.min()) if finite.size else None
+
+
 def _array(values: Any, type_: pa.DataType) -> pa.Array:
     if isinstance(values, np.ndarray) and values.dtype.kind == "f":
         return pa.array(values, type=type_, mask=np.isnan(values))
@@ -348,7 +354,7 @@ def symbio_run(
         total_iters=total,
         latest_step=steps,
         last_loss=float(cols["loss"][-1]),
-        best_val_loss=float(np.nanmin(cols["val_loss"])),
+        best_val_loss=_best(cols["val_loss"]),
         param_count=830_000,
         device="cpu",
         symbio=1,

@@ -143,11 +143,15 @@ def test_configuration_from_environment(receiver: Receiver) -> None:
     assert notifier_from_env({"ALPHA_DISCORD_WEBHOOK_URL": "not-a-url"}) is None
 
 
-def test_configuration_from_a_prefect_secret_block(prefect_harness: str, receiver: Receiver) -> None:
+def test_configuration_from_a_prefect_secret_block(
+    prefect_harness: str, receiver: Receiver
+) -> None:
     from prefect.blocks.system import Secret
 
     Secret(value=receiver.url).save("alpha-discord-test", overwrite=True)
-    assert resolve_webhook_url({"ALPHA_DISCORD_WEBHOOK_BLOCK": "alpha-discord-test"}) == receiver.url
+    assert (
+        resolve_webhook_url({"ALPHA_DISCORD_WEBHOOK_BLOCK": "alpha-discord-test"}) == receiver.url
+    )
     # a missing block means "no notifications", not an error
     assert resolve_webhook_url({"ALPHA_DISCORD_WEBHOOK_BLOCK": "no-such-block"}) is None
 

@@ -99,7 +99,12 @@ def test_unreachable_store_spools_then_lands_everything_once(tmp_path, spool_dir
     blocker.write_text("not a directory")
     lake = open_lake(blocker / "lake")
     sink = MetricSink(
-        lake, "r1", max_rows=20, max_seconds=0.1, retry_base=0.1, retry_max=0.2,
+        lake,
+        "r1",
+        max_rows=20,
+        max_seconds=0.1,
+        retry_base=0.1,
+        retry_max=0.2,
         register_atexit=False,
     )
     t0 = time.perf_counter()
@@ -136,7 +141,10 @@ def test_crash_leaves_rows_in_lake_or_spool_and_alpha_lake_flush_lands_them(tmp_
     )
     proc = subprocess.run(
         [sys.executable, "-c", script, str(blocker / "lake")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1 and "boom" in proc.stderr
     assert len(Spool(spool_dir).entries()) == 1
@@ -184,7 +192,11 @@ def _write_metrics(lake, run_id: str, steps: np.ndarray, loss: np.ndarray, **col
     data.update(step=pa.array(steps, pa.int64()), loss=pa.array(loss, pa.float64()))
     for name, values in cols.items():
         data[name] = pa.array(values, schema.field(name).type, from_pandas=True)
-    put_object(lake, batch_key("metrics", run_id, object_name()), encode_parquet(pa.table(data, schema=schema)))
+    put_object(
+        lake,
+        batch_key("metrics", run_id, object_name()),
+        encode_parquet(pa.table(data, schema=schema)),
+    )
 
 
 def test_downsampling_keeps_spikes_and_sparse_values_and_is_fast(tmp_path):
@@ -199,7 +211,9 @@ def test_downsampling_keeps_spikes_and_sparse_values_and_is_fast(tmp_path):
     val[::500] = 2.0  # eval every 500 steps
     for i in range(0, n, per_file):
         sl = slice(i, i + per_file)
-        _write_metrics(lake, "big", np.arange(n)[sl] + 1, loss[sl], grad_norm=grad[sl], val_loss=val[sl])
+        _write_metrics(
+            lake, "big", np.arange(n)[sl] + 1, loss[sl], grad_norm=grad[sl], val_loss=val[sl]
+        )
     reader.run_metrics(lake, "big", ["loss"], max_points=10)  # warm-up (imports)
     t0 = time.perf_counter()
     df = reader.run_metrics(lake, "big", ["loss", "grad_norm", "val_loss"], max_points=2000)
@@ -227,7 +241,9 @@ def test_list_runs_filters_and_newest_version(tmp_path):
     for rid, status, symbio, domain, started, updated in rows:
         sink = MetricSink(lake, rid, register_atexit=False)
         sink.write_run(
-            dict(status=status, symbio=symbio, domain=domain, started_at=started, updated_at=updated)
+            dict(
+                status=status, symbio=symbio, domain=domain, started_at=started, updated_at=updated
+            )
         )
         sink.close()
     assert reader.list_runs(lake)["run_id"].to_list() == ["c", "b", "a"]
@@ -247,7 +263,9 @@ def test_search_candidates_newest_version_per_candidate(tmp_path):
     base = dict(generation=1, activation="gelu", status="ok")
     sink.write_candidates([dict(base, candidate_id="c1", rank=2), dict(base, candidate_id="c2")])
     assert sink.flush(30)
-    sink.write_candidates([dict(base, candidate_id="c2", rank=1, is_winner=True, best_val_loss=1.2)])
+    sink.write_candidates(
+        [dict(base, candidate_id="c2", rank=1, is_winner=True, best_val_loss=1.2)]
+    )
     sink.close()
     cands = reader.search_candidates(lake, "s1")
     assert cands["candidate_id"].to_list() == ["c2", "c1"]
@@ -258,8 +276,16 @@ def test_alpha_runs_prints_a_table(tmp_path, capsys):
     lake = open_lake(tmp_path / "lake")
     for rid, symbio in (("plain-1", 0), ("symbio-1", 1)):
         sink = MetricSink(lake, rid, register_atexit=False)
-        sink.write_run(dict(status="completed", symbio=symbio, domain="shakespeare",
-                            latest_step=42, last_loss=1.23456, ffn_activation="swiglu"))
+        sink.write_run(
+            dict(
+                status="completed",
+                symbio=symbio,
+                domain="shakespeare",
+                latest_step=42,
+                last_loss=1.23456,
+                ffn_activation="swiglu",
+            )
+        )
         sink.close()
     assert alpha(["runs", "--lake", str(tmp_path / "lake")]) == 0
     out = capsys.readouterr().out.splitlines()

@@ -229,3 +229,25 @@ def test_an_alert_restarts_the_calm_count() -> None:
         ab.update(0)
     ab.update(CUSUM_VAL)
     assert [ab.update(0)[1] for _ in range(5)] == [None] * 4 + ["restore"]
+
+
+def test_rebaselining_step_signals_keeps_the_val_monitor() -> None:
+    dash = CusumDashboard(4.0, 3)
+    for i in range(5):
+        dash.update(
+            {
+                "grad_norm": 1.0 + 0.1 * (i % 2),
+                "clip_pct": 0.0,
+                "tokens_per_sec": 100.0 + i % 2,
+                "val_loss": 2.0 + 0.01 * i,
+            }
+        )
+    dash.rebaseline_step_signals()
+    assert all(dash.monitors[k].calibrating for k in ("grad", "clip", "tps"))
+    assert not dash.monitors["val"].calibrating
+    # a throughput level that would have alerted is now just the new baseline
+    outs = [
+        dash.update({"grad_norm": 1.0, "clip_pct": 0.0, "tokens_per_sec": 50.0 + i % 2})
+        for i in range(10)
+    ]
+    assert all(o["cusum_alerts"] == 0 for o in outs)

@@ -130,7 +130,14 @@ def timing_tiles(view: data.RunView) -> html.Div:
         eta = data.eta_seconds(step, total, view.elapsed_ms)
         end_tile = c.tile("ETA", theme.fmt_duration(eta), sub="at the mean pace", id="tile-eta")
     else:
-        end_tile = c.tile("Finished", theme.fmt_time(run.get("finished_at")), id="tile-finished")
+        end_tile = c.tile(
+            "Finished",
+            theme.fmt_time(run.get("finished_at"), "%m-%d %H:%M"),
+            sub=theme.fmt_time(run.get("finished_at"), "%Y UTC")
+            if run.get("finished_at")
+            else None,
+            id="tile-finished",
+        )
     ms = s["ms_per_iter"].drop_nulls() if "ms_per_iter" in s.columns else pl.Series([])
     tiles = [
         c.tile(
@@ -266,7 +273,7 @@ def core_charts(view: data.RunView) -> list[Any]:
     ]
     if fig.has_data(s, "clip_coef", "clip_pct"):
         charts.append(c.live_graph("clip", fig.clip_figure(s), wide=True))
-    return [c.section("Training", charts, id="section-training")]
+    return [c.section("Training", charts, id="section-training", grid="grid grid-2")]
 
 
 def _candidate_segments(cands: pl.DataFrame) -> list[tuple[int, int, str]]:

@@ -45,8 +45,16 @@ def find_blocks(model: nn.Module) -> nn.ModuleList | None:
     return max(lists, key=len) if lists else None
 
 
+#: Largest dense count table (entries) before switching to a sort-based count.
+DENSE_COUNT_LIMIT = 1 << 24
+
+
 def _entropy_by_group(keys: torch.Tensor, group_size: int, n_groups: int, n: int) -> torch.Tensor:
     """Plug-in entropy (bits) of ``keys`` per group ``key // group_size``; ``n`` samples each."""
+    if n_groups * group_size <= DENSE_COUNT_LIMIT:  # dense bincount: fast on CPU and GPU
+        counts = torch.bincount(keys, minlength=n_groups * group_size).view(n_groups, group_size)
+        p = counts.to(torch.float64) / n
+        return -(p * torch.log2(p.clamp_min(1e-300))).sum(dim=1)
     uniq, counts = torch.unique(keys, return_counts=True)
     p = counts.to(torch.float64) / n
     out = torch.zeros(n_groups, dtype=torch.float64, device=keys.device)
@@ -60,7 +68,7 @@ def binned_mi(t: torch.Tensor, labels: torch.Tensor, num_bins: int) -> torch.Ten
     lo = t.amin(dim=0, keepdim=True)
     span = (t.amax(dim=0, keepdim=True) - lo).clamp_min(1e-12)
     bins = ((t - lo) / span * num_bins).long().clamp_(0, num_bins - 1)  # (N, K)
-    _, lab = torch.unique(labels, return_inverse=True)
+    _, lab = torch.unique(labels, return_inverse=True)  # compact label ids 0..n_lab-1
     n_lab = int(lab.max()) + 1
     neuron = torch.arange(k, device=t.device).expand(n, k)
     # H(T_j): keys neuron*num_bins + bin

@@ -92,6 +92,11 @@ class CusumMonitor:
         self._seen = 0
         self._restart()
 
+    def rebaseline(self) -> None:
+        """Start a new baseline now (S = 0), keeping the alert count."""
+        self.value = 0.0
+        self._restart()
+
     def _restart(self) -> None:
         self._n = 0
         self._mean = 0.0

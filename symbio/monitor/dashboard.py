@@ -68,6 +68,17 @@ class CusumDashboard:
         for monitor in self.monitors.values():
             monitor.reset()
 
+    def rebaseline_step_signals(self) -> None:
+        """New baselines for grad_norm, clip_pct and tokens/s (not val_loss).
+
+        Called after the batch size changes: the change shifts all three by
+        design (smaller batches: noisier gradients, lower throughput), and
+        without a new baseline a shrink would look like a throughput collapse
+        and trigger the next shrink.
+        """
+        for key in ("grad", "clip", "tps"):
+            self.monitors[key].rebaseline()
+
     def update(self, row: dict[str, Any]) -> dict[str, Any]:
         """Feed one step's row; returns the ``cusum_*`` fields for that row.
 
