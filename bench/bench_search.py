@@ -29,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +98,9 @@ def one_generation(args, name: str, slots: int, tmp: Path) -> dict:
     resolved = resolve(args, name, tmp / f"{name}-slots{slots}")
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON lines
-        out = run_search(resolved, use_lake=False, progress=False, executor=ThreadExecutor(slots))
+        out = run_search(
+            resolved, use_lake=False, progress=False, executor=ThreadExecutor(slots, inline=False)
+        )
     wall = time.perf_counter() - t0
     gen = out.generations[0]
     ok = [r for r in gen.ranked if r.ok]
@@ -123,7 +126,9 @@ def probe(args, name: str, tmp: Path):
     from symbio.search.estimate import estimate_search, run_probe
 
     resolved = resolve(args, name, tmp / f"{name}-probe-cfg")
-    p = run_probe(train, resolved.train, "swiglu", tmp / f"{name}-probe", 20)
+    with ThreadPoolExecutor(1) as pool:  # a worker thread, like the measured generations
+        p = pool.submit(run_probe, train, resolved.train, "swiglu", tmp / f"{name}-probe", 20)
+        p = p.result()
     return estimate_search(
         p,
         candidates=args.generations * args.population,

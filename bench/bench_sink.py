@@ -10,7 +10,11 @@ Measures, against a local lake in a temporary folder (or ``--lake``):
 - ``rows_per_sec``: rows from first ``put`` to ``close`` (validated, encoded,
   landed) when rows arrive as fast as possible;
 - ``gate_ms_per_batch``: Great Expectations + type gate per batch of
-  ``--max-rows`` rows;
+  ``--max-rows`` rows (wall time, including the round trip to the GX child);
+- ``writer_cpu_us_per_row`` / ``writer_cpu_pct_of_step``: CPU time of the
+  sink's writer thread (``time.thread_time``): the most GIL time it can take
+  from the training thread. Unlike wall times it does not depend on the load
+  of the machine;
 - ``step_overhead_pct``: a simulated training loop (``--python-ms`` of
   GIL-holding Python per step, the rest of ``--step-ms`` a GIL-free wait like
   a CUDA sync) with one row per step into the sink, against the same loop
@@ -119,6 +123,8 @@ def bench_throughput(lake_url: str, rows: int, max_rows: int) -> dict:
         "put_us_max": round(float(put_us.max()), 1),
         "batches": stats.batches,
         "gate_ms_per_batch": round(1e3 * stats.gate_seconds / max(1, stats.batches), 1),
+        "writer_cpu_ms_per_batch": round(1e3 * stats.writer_cpu_seconds / max(1, stats.batches), 1),
+        "writer_cpu_us_per_row": round(1e6 * stats.writer_cpu_seconds / rows, 2),
     }
 
 
@@ -182,6 +188,10 @@ def bench_steps(
         "step_ms_without_sink": round(base_ms, 3),
         "step_ms_with_sink": round(sink_ms, 3),
         "step_overhead_pct": round(100 * (sink_ms - base_ms) / base_ms, 2),
+        # CPU the writer thread used (GIL it could take) per step, as % of a step
+        "writer_cpu_pct_of_step": round(
+            100 * stats.writer_cpu_seconds / (len(with_sink) * step_ms / 1e3), 3
+        ),
     }
 
 

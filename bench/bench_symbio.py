@@ -43,6 +43,7 @@ from model.hooks import TrainerHook  # noqa: E402
 from model.trainer import Trainer  # noqa: E402
 from symbio.config import SymbioConfig  # noqa: E402
 from symbio.hook import SymbioHook  # noqa: E402
+from symbio.metrics.weights import effective_rank, weight_entropy  # noqa: E402
 
 CPU_CONFIG = {"batch": 8, "block": 64, "dim": 64, "heads": 4, "layers": 2, "iters": 200}
 GPU_CONFIG = {"batch": 64, "block": 256, "dim": 384, "heads": 6, "layers": 6, "iters": 500}
@@ -91,6 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--mi-repeats", type=int, default=5)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--skip-warmup", type=int, default=5, help="steps ignored in the medians")
     return p.parse_args(argv)
 
@@ -152,8 +154,36 @@ def mi_cost(trainer: Trainer, hook: SymbioHook, repeats: int, sync: bool) -> dic
     return {"mi_ms_per_collection": statistics.median(times), "mi_probe_tokens": probe.x.numel()}
 
 
+def timed_ms(fn: Any, repeats: int, sync: bool) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
+
+
+def metric_costs(model: torch.nn.Module, repeats: int, sync: bool) -> dict[str, float]:
+    """Per-metric cost on the trained model; both effective-rank methods."""
+    return {
+        "weight_entropy_ms": timed_ms(lambda: weight_entropy(model.parameters()), repeats, sync),
+        "effective_rank_ms": timed_ms(lambda: effective_rank(model), repeats, sync),
+        "effective_rank_eigh_ms": timed_ms(
+            lambda: effective_rank(model, method="eigh"), repeats, sync
+        ),
+        "effective_rank_sign_ms": timed_ms(
+            lambda: effective_rank(model, method="sign"), repeats, sync
+        ),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sync = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     symbio = SymbioConfig(
         metrics_interval=args.metrics_interval,
@@ -165,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp_path = Path(tmp)
         _, plain_rows = run(args, [], tmp_path / "plain")
         timed = TimedHook(SymbioHook(symbio), sync)
-        _, symbio_rows = run(args, [timed], tmp_path / "symbio")
+        symbio_trainer, symbio_rows = run(args, [timed], tmp_path / "symbio")
+        costs = metric_costs(symbio_trainer.model, args.mi_repeats, sync)
         mi_hook = SymbioHook(symbio.model_copy(update={"track_mi_profiles": True}))
         mi_args = argparse.Namespace(**{**vars(args), "iters": 2})
         mi_trainer, _ = run(mi_args, [mi_hook], tmp_path / "mi")
@@ -184,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             k: getattr(cfg, k)
             for k in ("iters", "batch", "block", "dim", "heads", "layers", "activation", "compile")
         },
+        "threads": torch.get_num_threads(),
         "metrics_interval": args.metrics_interval,
         "adaptive_batch": args.adaptive_batch,
         "plain": plain,
@@ -198,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         * (on["wall_ms_per_step_median"] - plain["wall_ms_per_step_median"])
         / plain["wall_ms_per_step_median"],
         "target_pct": 2.0,
+        **costs,
         **mi,
     }
     summary["within_budget"] = summary["overhead_pct"] < summary["target_pct"]

@@ -9,7 +9,7 @@ from typing import Any
 from dash import dcc, html
 
 from dash_app import theme
-from dash_app.figures import sparkline_figure
+from dash_app.figures import sparkline_figure, without_no_data_note
 
 GRAPH_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -23,8 +23,14 @@ def status_badge(status: str | None) -> html.Span:
     return badge(status, theme.STATUS_CLASSES.get(status, "neutral"), id="run-status")
 
 
-def live_graph(key: str, figure: dict, *, wide: bool = False) -> html.Div:
-    """A chart card whose graph takes live ``extendData`` (id type ``live-graph``)."""
+def live_graph(key: str, figure: dict, *, wide: bool = False, running: bool = False) -> html.Div:
+    """A chart card whose graph takes live ``extendData`` (id type ``live-graph``).
+
+    ``running``: the run is still training, so an empty chart will fill in;
+    it gets no "no data yet" note (appended points would not remove it).
+    """
+    if running:
+        figure = without_no_data_note(figure)
     return html.Div(
         dcc.Graph(id={"type": "live-graph", "key": key}, figure=figure, config=GRAPH_CONFIG),
         id=f"card-{key}",
@@ -57,11 +63,19 @@ def tile(
     color: str = theme.BLUE,
     id: str | None = None,
     extra: Any = None,
+    live: str | None = None,
 ) -> html.Div:
-    """A stat tile: label, big value, optional sub-line, trend marker and sparkline."""
+    """A stat tile: label, big value, optional sub-line, trend marker and sparkline.
+
+    ``live`` gives the value a ``{"type": "live-text", "key": live}`` id, so
+    that polls can update it without re-rendering the tile.
+    """
+    value_kw = {"id": {"type": "live-text", "key": live}} if live else {}
     children: list[Any] = [
         html.Div(label, className="tile-label"),
-        html.Div([html.Span(value, className="tile-value"), extra], className="tile-main"),
+        html.Div(
+            [html.Span(value, className="tile-value", **value_kw), extra], className="tile-main"
+        ),
     ]
     if sub:
         children.append(html.Div(sub, className="tile-sub"))

@@ -27,6 +27,7 @@ from storage.schema import CUSUM_BITS
 #: A figure in Plotly's JSON form: ``{"data": [trace, ...], "layout": {...}}``.
 Figure = dict[str, Any]
 
+_DUAL_AXIS_MARGIN = dict(l=56, r=60, t=66, b=40)
 _HIDDEN_AXIS = dict(range=[0, 1], visible=False, fixedrange=True, overlaying="y")
 
 
@@ -157,6 +158,8 @@ def _layout(title: str, height: int = 300, **layout: Any) -> dict:
         uirevision="keep",
         xaxis=_axis_title("step"),
     )
+    if layout.get("yaxis2", {}).get("side") == "right":
+        base["margin"] = _DUAL_AXIS_MARGIN  # room for the right axis title
     base.update(layout)
     return base
 
@@ -212,10 +215,22 @@ def _hline(y: float, text: str, color: str) -> tuple[dict, dict]:
     return shape, label
 
 
+NO_DATA = "no-data"
+
+
+def without_no_data_note(figure: Figure) -> Figure:
+    """``figure`` minus its "no data yet" note (for charts that live updates will fill)."""
+    notes = figure["layout"].get("annotations")
+    if notes:
+        figure["layout"]["annotations"] = [a for a in notes if a.get("name") != NO_DATA]
+    return figure
+
+
 def _figure(traces: list[dict], layout: dict) -> Figure:
     """The figure dict, with a "no data yet" note when every trace is empty."""
     if not any(len(t.get("x", ())) for t in traces):
         note = dict(
+            name=NO_DATA,
             text="no data yet",
             xref="paper",
             yref="paper",
@@ -436,11 +451,10 @@ def batch_figure(df: pl.DataFrame) -> Figure:
     layout = _layout("Adaptive batch size", height=280, yaxis=_axis_title("batch size"))
     if {"batch_change_reason", "adaptive_batch_size"} <= set(df.columns):
         changes = df.filter(pl.col("batch_change_reason").is_not_null())
-        # Label the first change of each streak of same-reason changes only.
-        reason = pl.col("batch_change_reason")
-        changes = changes.filter((reason != reason.shift(1)).fill_null(True)).tail(
-            MAX_BATCH_ANNOTATIONS
-        )
+        # One label per burst: a change right after a same-reason change is not labelled.
+        reason, step = pl.col("batch_change_reason"), pl.col("step")
+        first = (reason != reason.shift(1)) | (step - step.shift(1) > 1)
+        changes = changes.filter(first.fill_null(True)).tail(MAX_BATCH_ANNOTATIONS)
         layout["annotations"] = [
             dict(
                 x=step,

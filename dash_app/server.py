@@ -9,6 +9,7 @@ in any WSGI server.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from types import TracebackType
 
@@ -17,14 +18,29 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 
 def _server(app: Dash, host: str, port: int) -> BaseWSGIServer:
+    """A threaded server on ``host:port``; raises ``OSError`` if it cannot listen.
+
+    The socket is bound here, not by Werkzeug, which would print its own advice
+    and exit the process when the port is taken.
+    """
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    return make_server(host, port, app.server, threaded=True)
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+        # Werkzeug duplicates the descriptor; ours closes with the block.
+        return make_server(host, sock.getsockname()[1], app.server, threaded=True, fd=sock.fileno())
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def serve(app: Dash, host: str = "127.0.0.1", port: int = 8050) -> None:
     """Serve ``app`` until interrupted (raises ``OSError`` if the port is taken)."""
     server = _server(app, host, port)
-    print(f"alpha dashboard on http://{host}:{server.server_port}/  (Ctrl+C to stop)", flush=True)
+    print(f"alpha dashboard on {_url(host, server.port)}/  (Ctrl+C to stop)", flush=True)
     try:
         server.serve_forever()
     finally:
@@ -36,8 +52,8 @@ class BackgroundServer:
 
     def __init__(self, app: Dash, host: str = "127.0.0.1", port: int = 0) -> None:
         self._server = _server(app, host, port)
-        self.host, self.port = host, self._server.server_port
-        self.url = f"http://{host}:{self.port}"
+        self.host, self.port = host, self._server.port
+        self.url = _url(host, self.port)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="dash-server", daemon=True
         )

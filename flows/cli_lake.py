@@ -14,7 +14,7 @@ from flows.cli import CliError
 
 LAKE_HELP = "lake path or URL (default $ALPHA_LAKE, else ./lake)"
 RUN_COLUMNS = (
-    ("run_id", "RUN", 28),
+    ("run_id", "RUN", 12),  # widened to the longest run id
     ("status", "STATUS", 9),
     ("symbio", "SYMBIO", 6),
     ("domain", "DOMAIN", 12),
@@ -85,9 +85,11 @@ def _runs(args: argparse.Namespace) -> int:
 
 def format_runs(rows: list[dict[str, Any]]) -> str:
     """A plain fixed-width table (no colour: safe for pipes and logs)."""
-    lines = ["  ".join(f"{title:<{width}}" for _, title, width in RUN_COLUMNS).rstrip()]
+    run_width = max([len(str(r.get("run_id", ""))) for r in rows] + [RUN_COLUMNS[0][2]])
+    cols = [("run_id", "RUN", run_width), *RUN_COLUMNS[1:]]
+    lines = ["  ".join(f"{title:<{width}}" for _, title, width in cols).rstrip()]
     for row in rows:
-        cells = [_cell(row.get(key), key)[:width].ljust(width) for key, _, width in RUN_COLUMNS]
+        cells = [_cell(row.get(key), key)[:width].ljust(width) for key, _, width in cols]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 

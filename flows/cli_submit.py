@@ -61,6 +61,7 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
 def run(name: str, args: argparse.Namespace) -> int:
     params = flow_parameters(args)
     job_variables = _json_object(args.job_variables, "--job-variables")
+    _require_api_url()
     deployment = find_deployment(args.pool, params.get("symbio", False), args.deployment)
     flow_run = _create_flow_run(
         deployment,
@@ -179,6 +180,17 @@ def _create_flow_run(
         )
     except Exception as exc:  # noqa: BLE001 - e.g. parameters the schema rejects
         raise CliError(_api_error(exc, None)) from None
+
+
+def _require_api_url() -> None:
+    """Without an API URL Prefect would start a throwaway local server: refuse instead."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise CliError(
+            "PREFECT_API_URL is not set: point it at the Prefect server your workers poll "
+            "(prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api)"
+        )
 
 
 def _api_error(exc: Exception, name: str | None) -> str:

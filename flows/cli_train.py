@@ -66,13 +66,24 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
         _register_sample(parser)
         return
     for flag, type_, help_ in TRAIN_FLAGS:
-        parser.add_argument(flag, type=type_, default=S, help=help_, metavar=flag[2:].upper())
+        parser.add_argument(flag, type=type_, default=S, help=help_, metavar=_metavar(flag, type_))
     parser.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
     parser.add_argument("--symbio", action="store_true", default=S, help="Symbiogenesis mode")
     parser.add_argument(
         "--lake",
         default=S,
+        metavar="URL",
         help="metric lake: a folder or s3://bucket/prefix (default $ALPHA_LAKE, else ./lake)",
+    )
+
+
+def _metavar(flag: str, type_: type) -> str:
+    if type_ is not str:
+        return "N" if type_ is int else "X"
+    return (
+        "PATH"
+        if flag in ("--data", "--val-data", "--run-dir", "--resume", "--symbio-config")
+        else "NAME"
     )
 
 

@@ -41,17 +41,19 @@ def run_search_flow(
     run_id: str | None = None,
     flow_run_id: str | None = None,
     use_lake: bool = True,
+    slots: int | None = None,
 ) -> SearchOutcome:
     """Run the search of ``resolved`` as the ``symbio-search`` flow; returns its outcome.
 
     ``run_id`` overrides the resolved run id (the ``alpha`` flow may have named
     the run already). ``flow_run_id`` is recorded in ``runs.flow_run_id``;
     by default the calling flow run's id (the ``alpha`` flow's), else the
-    search flow's own.
+    search flow's own. ``slots`` (default ``ALPHA_SEARCH_SLOTS``, else 1 on
+    CPU / 2 on CUDA) bounds the candidates trained at once.
     """
     if run_id and run_id != resolved.run_id:
         resolved = dataclasses.replace(resolved, run_id=run_id)
-    slots = resolve_slots(resolved.symbio_config, device_type(resolved.train))
+    slots = resolve_slots(device_type(resolved.train), slots)
     flow_run_id = flow_run_id or flow_run.get_id()
     configured = search_flow.with_options(
         task_runner=ThreadPoolTaskRunner(max_workers=slots),

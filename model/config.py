@@ -46,7 +46,7 @@ def default_ffn_dim(n_embd: int, activation: str) -> int:
 class TrainConfig(BaseModel):
     """Everything one training run needs, one field per ``alpha train`` flag."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # data
     data: str | None = None

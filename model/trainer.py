@@ -335,43 +335,79 @@ class Trainer:
         return state, self.data.get_batch("train", batch_size)
 
     def _step(self, local: int, t_start: float, result: TrainResult) -> dict[str, Any]:
+        """One optimizer step, then eval and checkpoint when due; returns the step's row."""
         cfg = self.cfg
         t0 = time.perf_counter()
         lr = lr_at(cfg, local)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch_size = self.batch_size
+        loss_t, norm_t = self._forward_backward(batch_size)
+        loss_v, norm_v = torch.stack([loss_t, norm_t.float()]).tolist()  # the one host sync
+        events = self._update(loss_v, norm_v, result)
+        dt = time.perf_counter() - t0
+        self.step = self.step_offset + local
+        result.steps, result.last_loss = local, _finite(loss_v)
+        result.losses.append(loss_v)
+        val_loss = self._eval_and_checkpoint(local, result, events)
+        clip_coef = _clip_coef(cfg.grad_clip, norm_v)
+        tokens = batch_size * cfg.block * cfg.grad_accum
+        return {
+            "run_id": self.run_id,
+            "step": self.step,
+            "loss": _finite(loss_v),
+            "val_loss": val_loss,
+            "lr": lr,
+            "grad_norm": _finite(norm_v),
+            "clip_coef": clip_coef,
+            "clip_pct": None if clip_coef is None else 1.0 - clip_coef,
+            "tokens_per_sec": tokens / dt,
+            "ms_per_iter": dt * 1000.0,
+            "elapsed_ms": (time.perf_counter() - t_start) * 1000.0,
+            "batch_size": batch_size,
+            "mfu": self._mfu(tokens / dt),
+            "timestamp": datetime.now(UTC),
+            "event": ",".join(events) or None,
+        }
+
+    def _forward_backward(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Accumulate gradients over ``grad_accum`` micro-batches; clip; (mean loss, norm)."""
+        accum = self.cfg.grad_accum
         if self._next[1][0].size(0) != batch_size:  # a hook changed the batch size
             self._next = self._fetch(batch_size)
         loss_sum = None
-        for _ in range(cfg.grad_accum):
+        for _ in range(accum):
             x, y = self._next[1]
             with self.autocast():
                 _, loss = self._forward(x, y)
             self._next = self._fetch(batch_size)  # overlaps with the GPU work
-            (loss / cfg.grad_accum).backward()
+            (loss / accum).backward()
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        if cfg.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+        if self.cfg.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        loss_v, norm_v = torch.stack([loss_sum / cfg.grad_accum, norm.float()]).tolist()  # the sync
+        return loss_sum / accum, norm
+
+    def _update(self, loss_v: float, norm_v: float, result: TrainResult) -> list[str]:
+        """The optimizer step, unless the NaN/inf guard or the spike guard skips it."""
         events = []
         if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
             events.append("nan_skip")
             result.n_nan_skips += 1
-        elif cfg.spike_threshold > 0 and norm_v > cfg.spike_threshold:
+        elif self.cfg.spike_threshold > 0 and norm_v > self.cfg.spike_threshold:
             events.append("spike_skip")
             result.n_spike_skips += 1
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
-        self.step = self.step_offset + local
-        result.steps = local
-        result.last_loss = _finite(loss_v)
-        result.losses.append(loss_v)
+        return events
+
+    def _eval_and_checkpoint(
+        self, local: int, result: TrainResult, events: list[str]
+    ) -> float | None:
+        cfg = self.cfg
         val_loss = None
         if local % cfg.eval_interval == 0 or local == cfg.iters:
             val_loss = self.evaluate()
@@ -388,25 +424,7 @@ class Trainer:
             self.save_checkpoint(local)
             result.checkpoint_path = str(self.checkpoint_path)
             events.append("checkpoint")
-        clip_coef = min(1.0, cfg.grad_clip / norm_v) if cfg.grad_clip > 0 and norm_v > 0 else 1.0
-        tokens = batch_size * cfg.block * cfg.grad_accum
-        return {
-            "run_id": self.run_id,
-            "step": self.step,
-            "loss": _finite(loss_v),
-            "val_loss": val_loss,
-            "lr": lr,
-            "grad_norm": _finite(norm_v),
-            "clip_coef": _finite(clip_coef),
-            "clip_pct": _finite(1.0 - clip_coef),
-            "tokens_per_sec": tokens / dt,
-            "ms_per_iter": dt * 1000.0,
-            "elapsed_ms": (time.perf_counter() - t_start) * 1000.0,
-            "batch_size": batch_size,
-            "mfu": self._mfu(tokens / dt),
-            "timestamp": datetime.now(UTC),
-            "event": ",".join(events) or None,
-        }
+        return val_loss
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -506,6 +524,13 @@ def train(
         cfg, hooks, run_id=run_id, step_offset=step_offset, progress=progress, run_meta=run_meta
     )
     return trainer.fit()
+
+
+def _clip_coef(grad_clip: float, norm: float) -> float | None:
+    """min(1, grad_clip / grad_norm); 1 when clipping is off; None for a non-finite norm."""
+    if not math.isfinite(norm):
+        return None
+    return min(1.0, grad_clip / norm) if grad_clip > 0 and norm > 0 else 1.0
 
 
 def _finite(x: float) -> float | None:

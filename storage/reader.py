@@ -136,13 +136,13 @@ def run_metrics(
     if since_step is not None:
         lf = lf.filter(pl.col("step") > since_step)
     lf = lf.select(cols + ([_ORDER] if _ORDER not in cols else []))
-    df = (
-        lf.sort(_ORDER)
-        .unique(subset=["step"], keep="last", maintain_order=True)
-        .sort("step")
-        .drop(_ORDER)
-        .collect()
-    )
+    df = lf.collect()
+    # Last write wins. Deciding on the narrow (step, order) pair and filtering
+    # is ~5x cheaper than sorting and de-duplicating the wide rows (100k steps).
+    if df["step"].n_unique() < df.height:
+        newest = df.group_by("step").agg(pl.col(_ORDER).max()).get_column(_ORDER)
+        df = df.filter(pl.col(_ORDER).is_in(newest.implode()))
+    df = df.sort("step").drop(_ORDER)
     if max_points is not None and df.height > max_points:
         df = downsample(df, max_points)
     return df

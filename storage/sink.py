@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import queue
 import socket
 import threading
@@ -38,6 +39,8 @@ from storage.writer import batch_key, encode_parquet, object_name, put_object
 log = logging.getLogger(__name__)
 
 _FLUSH, _CLOSE = "__flush__", "__close__"
+#: ``process`` (default): GX runs in a child process; ``thread``: in the writer thread.
+ENV_GATE = "ALPHA_LAKE_GATE"
 _TABLES = ("metrics", "runs", "candidates")
 
 
@@ -55,6 +58,8 @@ class SinkStats:
     rows_rescued: int = 0
     gate_seconds: float = 0.0
     store_errors: int = 0
+    #: CPU time of the writer thread: the most it can take from the trainer's GIL.
+    writer_cpu_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,7 +72,8 @@ class MetricSink:
     age, default 5), ``batch_bounds`` ((batch_min, batch_max) of a symbio run;
     default: read from ``symbio_config`` of the first run row written), ``spool_dir`` (default ``$ALPHA_SPOOL`` or ``~/.cache/alpha/spool``),
     ``retry_base``/``retry_max`` (backoff seconds), ``register_atexit``,
-    ``gate_in_process`` (run GX in the writer thread instead of a child process).
+    ``gate_in_process`` (run GX in the writer thread instead of a child
+    process; default from ``$ALPHA_LAKE_GATE``: ``thread`` or ``process``).
     """
 
     def __init__(
@@ -82,7 +88,7 @@ class MetricSink:
         retry_base: float = 1.0,
         retry_max: float = 30.0,
         register_atexit: bool = True,
-        gate_in_process: bool = False,
+        gate_in_process: bool | None = None,
     ) -> None:
         self.lake = lake
         self.run_id = validate_run_id(run_id)
@@ -96,6 +102,8 @@ class MetricSink:
         self._next_retry = 0.0  # monotonic time before which the store is not tried
         self._q: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._gate: MetricsGate | None = None
+        if gate_in_process is None:
+            gate_in_process = os.environ.get(ENV_GATE, "process") == "thread"
         self._gate_in_process = gate_in_process
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"lake-sink-{run_id}", daemon=True)
@@ -150,8 +158,16 @@ class MetricSink:
     # -- writer thread -----------------------------------------------------------
     def _run(self) -> None:
         buffers: dict[str, list[dict]] = {t: [] for t in _TABLES}
+        try:
+            self._loop(buffers)
+        except BaseException as exc:  # noqa: BLE001 - the writer must not take rows down with it
+            self._drain_into(buffers)
+            for table, rows in buffers.items():
+                if rows:
+                    self._rescue(table, rows, exc)
+
+    def _loop(self, buffers: dict[str, list[dict]]) -> None:
         oldest: float | None = None
-        self._build_gate()  # GX import + suite (~3 s) while the trainer sets up
         self._retry_spool()  # leftovers of earlier runs on this lake
         while True:
             wait = self._wait_time(oldest)
@@ -166,6 +182,8 @@ class MetricSink:
                     self._land(kind, buffers[kind])
                     buffers[kind] = []
                 else:
+                    if self._gate is None:  # GX loads while the first batch fills
+                        self._build_gate()
                     oldest = oldest or time.monotonic()
             due = oldest is not None and time.monotonic() - oldest >= self.max_seconds
             if kind in (_FLUSH, _CLOSE):
@@ -218,6 +236,7 @@ class MetricSink:
     def _land(self, table: str, rows: list[dict]) -> None:
         if not rows:
             return
+        cpu0 = time.thread_time()
         try:
             result = self._validate(table, rows)
             self.stats.batches += 1
@@ -239,6 +258,7 @@ class MetricSink:
                 )
         except Exception as exc:  # noqa: BLE001 - a bug here must not lose rows
             self._rescue(table, rows, exc)
+        self.stats.writer_cpu_seconds += time.thread_time() - cpu0
 
     def _validate(self, table: str, rows: list[dict]) -> GateResult:
         if table == "runs" and self.batch_bounds is None:
@@ -284,7 +304,12 @@ class MetricSink:
     def _retry_spool(self, force: bool = False) -> None:
         if not force and time.monotonic() < self._next_retry:
             return
-        for entry in self.spool.entries(self.lake.url):
+        try:
+            entries = self.spool.entries(self.lake.url)
+        except OSError as exc:
+            log.warning("lake sink: cannot read the spool %s: %s", self.spool.dir, exc)
+            return
+        for entry in entries:
             try:
                 if self.spool.land(entry, self.lake):
                     self.stats.spool_landed += 1
@@ -309,7 +334,7 @@ class MetricSink:
             "lake sink: store unreachable (%s); spooling, retry in %.0fs", type(exc).__name__, delay
         )
 
-    def _rescue(self, table: str, rows: list[dict], exc: Exception) -> None:
+    def _rescue(self, table: str, rows: list[dict], exc: BaseException) -> None:
         """Last resort: keep rows as JSON lines in the spool folder."""
         log.exception(
             "lake sink: could not process a %s batch (%s); rescuing rows", table, type(exc).__name__
@@ -402,19 +427,32 @@ class LakeHook(TrainerHook):
 
 
 def _batch_bounds(run_row: dict[str, Any]) -> tuple[int, int] | None:
-    """``(batchMin, batchMax)`` of a symbio run row with adaptive batching on."""
+    """Range of ``adaptive_batch_size`` for a symbio run row with adaptive batching on.
+
+    Like ``symbio.monitor.AdaptiveBatch``: ``[batchMin, batchMax]`` widened to
+    hold the run's configured batch (``train_config.batch``).
+    """
     if not run_row.get("symbio") or not run_row.get("symbio_config"):
         return None
     try:
-        cfg = run_row["symbio_config"]
-        cfg = json.loads(cfg) if isinstance(cfg, str) else dict(cfg)
+        cfg = _as_dict(run_row["symbio_config"])
         if not cfg.get("adaptiveBatch", cfg.get("adaptive_batch", True)):
             return None
         lo = cfg.get("batchMin", cfg.get("batch_min"))
         hi = cfg.get("batchMax", cfg.get("batch_max"))
-        return (int(lo), int(hi)) if lo is not None and hi is not None else None
+        if lo is None or hi is None:
+            return None
+        lo, hi = int(lo), int(hi)
+        batch = _as_dict(run_row.get("train_config") or {}).get("batch")
+        if batch is not None:
+            lo, hi = min(lo, int(batch)), max(hi, int(batch))
+        return lo, hi
     except (TypeError, ValueError):
         return None
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return json.loads(value) if isinstance(value, str) else dict(value)
 
 
 def _trainer_facts(trainer: Any) -> dict[str, Any]:

@@ -73,8 +73,6 @@ class SymbioConfig(BaseModel):
     tournament_k: int = Field(3, ge=1)
     mutation_rate: float = Field(0.25, ge=0, le=1)
     steps_per_candidate: int = Field(1000, ge=1)
-    # candidates trained at once per device; 0 = auto (1 on CPU, 2 on CUDA). Not in the PRD.
-    search_slots: int = Field(0, ge=0, le=64)
     rank_by: Literal["valLoss", "fitness"] = "valLoss"
     perf_weight: float = Field(0.0, ge=0)
     stability_weight: float = Field(0.0, ge=0)

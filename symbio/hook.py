@@ -105,9 +105,7 @@ class SymbioHook(TrainerHook):
         self._track(row)
         step = row.get("step", trainer.step)
         if self.collector is not None and step % self.config.metrics_interval == 0:
-            out.update(
-                self.collector.collect(trainer.model, row.get("loss", math.nan), trainer.autocast)
-            )
+            out.update(self._collect(trainer, row))
         if row.get("val_loss") is not None:
             out["fitness_score"] = self._fitness()
         out.update(self.candidate)
@@ -125,6 +123,16 @@ class SymbioHook(TrainerHook):
         self.dashboard.rebaseline_step_signals()
         log.info("symbio: batch size -> %d (%s)", size, reason)
         return {"adaptive_batch_size": size, "batch_change_reason": reason}
+
+    def _collect(self, trainer: Trainer, row: dict[str, Any]) -> dict[str, Any]:
+        """The sparse metrics; a failure is logged, never fatal to the training run."""
+        try:
+            return self.collector.collect(
+                trainer.model, row.get("loss", math.nan), trainer.autocast
+            )
+        except (RuntimeError, ValueError) as exc:  # e.g. CUDA OOM in a decomposition
+            log.warning("symbio: metrics at step %s failed: %s", row.get("step"), exc)
+            return {}
 
     def _track(self, row: dict[str, Any]) -> None:
         loss = row.get("loss")

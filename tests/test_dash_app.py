@@ -121,18 +121,31 @@ def test_live_update_appends_only_new_rows(tmp_path: Path) -> None:
     lf.in_progress_run(tmp_path, "grow-1", steps=40, total=1000)
     lake = open_lake(str(tmp_path))
     view = data.load_run_view(lake, "grow-1")
-    cursor = {"run_id": "grow-1", "last_step": view.last_step, "prev_alerts": view.last_alerts}
+    t0 = 1000.0
+    cursor = {"run_id": "grow-1", "last_step": view.last_step, "prev_alerts": 0, "refreshed_at": t0}
     keys = ["loss", "cusum", "batch"]
-    quiet = run_page.live_update(lake, cursor, keys)
+    quiet = run_page.live_update(lake, cursor, keys, now=t0 + 1)
     assert quiet["extend"] == [None, None, None] and quiet["running"]
+    assert quiet["summary"] is None and quiet["texts"] == {}
+
     lf.append_steps(lake, "grow-1", 41, 25, total=1000)
-    upd = run_page.live_update(lake, cursor, keys)
+    upd = run_page.live_update(lake, cursor, keys, now=t0 + 2)
     loss_update, indices, _max = upd["extend"][0]
     assert loss_update["x"][0] == list(range(41, 66))
     assert indices == [0, 1]
     assert upd["cursor"]["last_step"] == 65
+    assert upd["texts"]["step"] == "65 / 1,000"
+    assert upd["summary"] is None  # header re-rendered at most every HEADER_REFRESH_S
+
+    lf.append_steps(lake, "grow-1", 66, 5, total=1000)
+    later = t0 + run_page.HEADER_REFRESH_S + 1
+    full = run_page.live_update(lake, upd["cursor"], keys, now=later)
+    assert full["summary"] is not None and full["symbio_tiles"] is not None
+    assert full["cursor"]["refreshed_at"] == later
+
     lf.write_run(lake, "grow-1", status="completed", total_iters=1000, symbio=1)
-    assert run_page.live_update(lake, upd["cursor"], keys)["running"] is False
+    done = run_page.live_update(lake, full["cursor"], keys, now=later + 1)
+    assert done["running"] is False and done["summary"] is not None
 
 
 def test_runs_list_shows_progress_of_running_runs(lake) -> None:
@@ -195,3 +208,47 @@ def test_cli_half_configured_auth_is_refused(capsys, tmp_path, monkeypatch) -> N
     monkeypatch.delenv("ALPHA_DASH_PASSWORD", raising=False)
     assert alpha(["dashboard", "--lake", str(tmp_path)]) == 2
     assert "ALPHA_DASH_PASSWORD" in capsys.readouterr().err
+
+
+def test_cli_port_in_use_is_one_line_exit_2(capsys, tmp_path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert alpha(["dashboard", "--lake", str(tmp_path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot listen" in err and len(err.splitlines()) == 1
+
+
+def test_resumed_run_shows_the_last_write_of_each_step(tmp_path: Path) -> None:
+    """A resumed run re-emits steps; the page must show each step once, newest value."""
+    import numpy as np
+
+    lf.write_table(
+        tmp_path, "metrics", "resumed-1", {"step": np.arange(1, 11), "loss": np.full(10, 1.0)}
+    )
+    lf.write_table(
+        tmp_path, "metrics", "resumed-1", {"step": np.arange(5, 13), "loss": np.full(8, 2.0)}
+    )
+    lf.write_run(tmp_path, "resumed-1", status="completed", total_iters=12)
+    view = data.load_run_view(open_lake(str(tmp_path)), "resumed-1")
+    series = view.series.select("step", "loss")
+    assert series["step"].to_list() == list(range(1, 13))
+    assert series["loss"].to_list() == [1.0] * 4 + [2.0] * 8
+
+
+def test_run_that_has_not_landed_a_row_yet_renders(tmp_path: Path) -> None:
+    cfg = json.dumps(lf.symbio_config(trackMIProfiles=True))
+    lf.write_run(
+        tmp_path, "fresh-1", status="running", total_iters=100, symbio=1, symbio_config=cfg
+    )
+    page = route(open_lake(str(tmp_path)), "/runs/fresh-1", "", poll_ms=1000)
+    loss = find(page, "card-loss").children.figure
+    assert loss["data"][0]["x"] == []
+    # no "no data yet" note on a chart that live updates will fill (it would stay)
+    assert not any("no data" in a["text"] for a in loss["layout"].get("annotations", []))
+    # charts that will fill in later are there from the start, ready for extendData
+    for id_ in ("card-clip", "card-cusum", "card-mi_trajectory", "tile-eta"):
+        assert find(page, id_) is not None, id_

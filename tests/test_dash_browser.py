@@ -32,6 +32,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("lake")
     lf.demo_lake(root)
     lf.large_run(root)
+    lf.in_progress_run(root, "list-live", steps=20, total=400, symbio=False)
     return open_lake(str(root))
 
 
@@ -107,10 +108,10 @@ def wait_graphs(tab: Tab, *cards: str) -> None:
         tab.page.wait_for_selector(f"#card-{card} .js-plotly-plot .main-svg", timeout=WAIT_MS)
 
 
-def test_runs_list_filters_sorts_and_selects_for_compare(tab: Tab) -> None:
+def test_runs_list_filters_sorts_and_selects_for_compare(tab: Tab, lake) -> None:
     tab.open("/", "#runs-table td.dash-cell")
     rows = tab.page.locator("#runs-table tr:has(td.dash-cell)")
-    assert rows.count() == 6
+    assert rows.count() == 7
     text = tab.page.inner_text("#runs-table")
     for run_id in ("plain-0001", "symbio-0001", "search-0001", "live-0001", "large-0001"):
         assert run_id in text
@@ -129,7 +130,7 @@ def test_runs_list_filters_sorts_and_selects_for_compare(tab: Tab) -> None:
     status_filter.fill("")
     status_filter.press("Enter")
     tab.page.wait_for_function(
-        "() => document.querySelectorAll('#runs-table tr td.dash-cell.column-0').length === 6",
+        "() => document.querySelectorAll('#runs-table tr td.dash-cell.column-0').length === 7",
         timeout=WAIT_MS,
     )
 
@@ -143,6 +144,14 @@ def test_runs_list_filters_sorts_and_selects_for_compare(tab: Tab) -> None:
         if v.strip()
     ]
     assert first == values[0] and values == sorted(values, key=float)
+
+    # a running run's progress follows the lake while the list is open
+    assert "20 / 400" in tab.page.inner_text("#runs-table")
+    lf.append_steps(lake, "list-live", 21, 180, total=400, symbio=False)
+    tab.page.wait_for_function(
+        "() => document.querySelector('#runs-table').innerText.includes('200 / 400')",
+        timeout=WAIT_MS,
+    )
 
     checks = tab.page.locator("#runs-table td.dash-select-cell input")
     checks.nth(0).check()

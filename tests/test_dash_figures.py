@@ -92,16 +92,16 @@ def test_threshold_is_read_from_the_runs_symbio_config() -> None:
 
 def test_batch_figure_is_a_step_chart_with_reasons() -> None:
     df = frame(
-        step=[1, 40, 41, 90, 200],
-        adaptive_batch_size=[32, 28, 24, 28, 28],
-        batch_change_reason=[None, "cusum_grad", "cusum_grad", "restore", None],
+        step=[1, 40, 41, 90, 150, 200],
+        adaptive_batch_size=[32, 28, 24, 28, 32, 32],
+        batch_change_reason=[None, "cusum_grad", "cusum_grad", "restore", "restore", None],
     )
     f = fig.batch_figure(df)
     assert f["data"][0]["line"]["shape"] == "hv"
     by_name = {t["name"]: t["x"] for t in f["data"][1:]}
-    assert by_name["cusum_grad"] == [40, 41] and by_name["restore"] == [90]
-    # one label per streak of same-reason changes
-    assert [a["text"] for a in f["layout"]["annotations"]] == ["cusum_grad", "restore"]
+    assert by_name["cusum_grad"] == [40, 41] and by_name["restore"] == [90, 150]
+    # one label per burst of changes (40-41), one per separate change
+    assert [a["text"] for a in f["layout"]["annotations"]] == ["cusum_grad", "restore", "restore"]
 
 
 def test_mini_charts_handle_sparse_data() -> None:

@@ -138,6 +138,7 @@ def test_nan_guard_skips_and_continues(corpus: Path, tmp_path: Path) -> None:
     assert result.n_nan_skips >= 1
     bad = [r for r in rows(tmp_path / "run") if r["event"] and "nan_skip" in r["event"]]
     assert bad and all(r["loss"] is None and r["grad_norm"] is None for r in bad)
+    assert all(r["clip_coef"] is None and r["clip_pct"] is None for r in bad)
 
 
 def test_set_batch_size_takes_effect_next_step(corpus: Path, tmp_path: Path) -> None:

@@ -168,3 +168,23 @@ def test_run_end_message_and_hook_end_notice(receiver: Receiver) -> None:
     notifier.close()
     assert "completed" in receiver.bodies[0]["content"]
     assert "activation=silu" in receiver.bodies[0]["content"]
+
+
+def test_the_alpha_flow_notifies_run_end(
+    prefect_harness: str, receiver: Receiver, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    from flows.alpha_flow import alpha
+
+    monkeypatch.setenv("ALPHA_DISCORD_WEBHOOK_URL", receiver.url)
+    monkeypatch.setenv("ALPHA_DASHBOARD_URL", "http://dash.test:8050")
+    state = alpha(
+        iters=4, batch=4, block=16, dim=16, heads=2, layers=1, eval_interval=2, eval_iters=1,
+        device="cpu", sample_tokens=0, run_dir=str(tmp_path / "run"),
+        lake=str(tmp_path / "lake"), return_state=True,
+    )  # fmt: skip
+    assert state.is_completed(), state
+    run_id = state.result()["run_id"]
+    (body,) = receiver.bodies
+    assert f"`{run_id}` completed" in body["content"]
+    assert f"http://dash.test:8050/runs/{run_id}" in body["content"]
+    assert "steps=4" in body["content"]

@@ -108,6 +108,19 @@ class Prefect:
         return path.read_text(errors="replace")[-n:] if path.exists() else ""
 
 
+FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def _wait_final(p: Prefect, worker: subprocess.Popen, flow_run_id: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = p.flow_run(flow_run_id)["state"]
+        if state["type"] in FINAL or time.monotonic() > deadline:
+            return state
+        assert worker.poll() is None, p.tail("worker")
+        time.sleep(1)
+
+
 @pytest.fixture
 def prefect_server(tmp_path: Path) -> Iterator[Prefect]:
     logs = tmp_path / "logs"
@@ -151,14 +164,14 @@ def test_deployment_run_alpha_symbio_end_to_end(prefect_server: Prefect, tmp_pat
     out = p.run("deployment", "run", "alpha/symbio", "--params", json.dumps(params))
     flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
 
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    state = None
-    while time.monotonic() < deadline:
-        assert worker.poll() is None, p.tail("worker")
-        state = p.flow_run(flow_run_id)["state"]
-        if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            break
-        time.sleep(1)
+    try:
+        state = _wait_final(p, worker, flow_run_id, RUN_TIMEOUT_S)
+    finally:
+        if (state := p.flow_run(flow_run_id)["state"])["type"] not in FINAL:
+            # let the worker kill the flow process (it may run in its own session)
+            subprocess.run([str(BIN / "prefect"), "flow-run", "cancel", flow_run_id],
+                           cwd=ROOT, env=p.env, capture_output=True, timeout=60)  # fmt: skip
+            _wait_final(p, worker, flow_run_id, 30)
     assert state and state["type"] == "COMPLETED", f"{state}\n{p.tail('worker')}"
 
     from storage.reader import get_run, run_metrics

@@ -45,6 +45,11 @@ def _read(flow_run_id):
     return flow_run, tasks, mine
 
 
+def _artifact(artifacts, type_):
+    (found,) = [a for a in artifacts if a.type == type_]
+    return found
+
+
 def test_flow_parameters_cover_every_train_flag() -> None:
     from flows.alpha_flow import alpha
 
@@ -146,7 +151,15 @@ def test_symbio_search_flow(prefect_harness: str, tmp_path: Path) -> None:
     assert summary["winner"]["activation"] in ("gelu", "relu")
     flow_run, _, artifacts = _read(state.state_details.flow_run_id)
     assert flow_run.name == f"{run_id}-search"
-    assert {a.key for a in artifacts} >= {f"alpha-candidates-{run_id}", f"alpha-run-{run_id}"}
+    assert {a.key for a in artifacts} == {f"alpha-metrics-{run_id}", f"alpha-run-{run_id}"}
+    table = {r["metric"]: r["value"] for r in json.loads(_artifact(artifacts, "table").data)}
+    assert table["winner_activation"] == summary["winner"]["activation"]
+    # the search subflow publishes its report and candidates table
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts() if a.key}
+    assert any(k.startswith("symbio-search-") and run_id in k for k in keys)
     run = get_run(str(lake), run_id)
     assert run["status"] == "completed" and run["symbio"] == 1
     assert run["flow_run_id"] == str(flow_run.id)
@@ -231,3 +244,14 @@ def test_lake_marking_leaves_final_rows_alone(tmp_path: Path) -> None:
     assert get_run(lake, "r-running")["domain"] == "shakespeare"  # the rest of the row kept
     assert get_run(lake, "r-done")["status"] == "completed"
     assert mark_runs_ended(lake.url, "failed", flow_run_id="fr-1") == []
+
+
+def test_only_transient_failures_are_retried() -> None:
+    from prefect.states import Failed
+
+    from model.errors import ConfigError
+    from tasks.prefect_tasks import _not_bad_input, train_run
+
+    assert train_run.retries == 1 and train_run.retry_condition_fn is _not_bad_input
+    assert not _not_bad_input(None, None, Failed(data=ConfigError("--iters: bad")))
+    assert _not_bad_input(None, None, Failed(data=OSError("connection reset")))

@@ -183,3 +183,11 @@ def test_submit_without_a_server_is_one_line(
         code, _, err = _submit(["--pool", POOL, "--iters", "5"], capsys)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "Prefect API:" in err
+
+
+def test_submit_needs_an_api_url(prefect_harness: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import prefect.settings
+
+    with prefect.settings.temporary_settings(restore_defaults={prefect.settings.PREFECT_API_URL}):
+        code, _, err = _submit(["--pool", POOL, "--iters", "5"], capsys)
+    assert code == 2 and "PREFECT_API_URL is not set" in err

@@ -73,3 +73,24 @@ def test_failing_candidates_are_recorded_and_the_search_goes_on(tmp_path, monkey
     assert all(x["failure_reason"] and x["fitness"] is None for x in failed)
     report = (resolved.run_dir / "symbio-report.md").read_text()
     assert "failed: RuntimeError: CUDA out of memory" in report
+
+
+def test_a_seeded_search_is_reproducible(tmp_path, monkeypatch):
+    """Same seed, one slot: same lineage and the same losses, candidate by candidate."""
+    monkeypatch.setenv("ALPHA_SEARCH_PROBE_STEPS", "0")
+    symbio = {"activationPool": ["gelu", "silu"], "populationSize": 2, "generations": 2,
+              "stepsPerCandidate": 5, "mutationRate": 0.5, "selectionStrategy": "tournament",
+              "tournamentK": 2}  # fmt: skip
+    traces = []
+    for i in range(2):
+        (tmp_path / f"r{i}").mkdir()
+        out = run_search(_resolved(tmp_path / f"r{i}", symbio), use_lake=False, progress=False)
+        traces.append(
+            [
+                (r.candidate.candidate_id, r.activation, r.candidate.mutation_ops, r.best_val_loss)
+                for g in out.generations
+                for r in g.ranked
+            ]  # fmt: skip
+        )
+    assert traces[0] == traces[1]
+    assert all(t[3] is not None for t in traces[0])

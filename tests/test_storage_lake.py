@@ -29,6 +29,9 @@ from storage.writer import batch_key, encode_parquet, object_name, put_object
 @pytest.fixture(autouse=True)
 def _spool(tmp_path, monkeypatch):
     monkeypatch.setenv("ALPHA_SPOOL", str(tmp_path / "spool"))
+    # GX in the writer thread: one GX import for the whole test process.
+    # test_corrupted_batch... runs the default child-process gate.
+    monkeypatch.setenv("ALPHA_LAKE_GATE", "thread")
 
 
 def _row(step: int, **kw) -> dict:
@@ -113,7 +116,7 @@ def test_run_ids_from_urls_are_checked():
 
 def test_plain_pyarrow_reads_every_prd_column(tmp_path):
     lake = open_lake(tmp_path / "lake")
-    sink = MetricSink(lake, "r1", max_rows=50, register_atexit=False)
+    sink = MetricSink(lake, "r1", max_rows=50, max_seconds=60, register_atexit=False)
     sink.write_run({"status": "running", "domain": "shakespeare", "symbio": 0})
     for step in range(1, 121):
         sink.put(_row(step, cusum_alerts=0, adaptive_batch_size=8))
@@ -169,7 +172,14 @@ def test_schema_evolution_old_files_read_with_new_columns_null(tmp_path):
 
 def test_corrupted_batch_lands_valid_rows_and_quarantines_the_rest(tmp_path):
     lake = open_lake(tmp_path / "lake")
-    sink = MetricSink(lake, "r1", max_rows=1000, batch_bounds=(8, 64), register_atexit=False)
+    sink = MetricSink(
+        lake,
+        "r1",
+        max_rows=1000,
+        batch_bounds=(8, 64),
+        register_atexit=False,
+        gate_in_process=False,  # the default: GX in a child process
+    )
     bad = {
         3: dict(loss=None),
         4: dict(clip_coef=1.5),
@@ -219,13 +229,21 @@ def test_gate_batch_bounds_come_from_the_symbio_run_row(tmp_path):
     lake = open_lake(tmp_path / "lake")
     sink = MetricSink(lake, "s1", register_atexit=False)
     sink.write_run(
-        {"status": "running", "symbio": 1, "symbio_config": '{"batchMin": 4, "batchMax": 16}'}
+        {
+            "status": "running",
+            "symbio": 1,
+            "symbio_config": '{"batchMin": 4, "batchMax": 16}',
+            "train_config": '{"batch": 2}',  # the configured batch widens the range, as in symbio
+        }
     )
     sink.put(_row(1, run_id="s1", adaptive_batch_size=16))
-    sink.put(_row(2, run_id="s1", adaptive_batch_size=17))
+    sink.put(_row(2, run_id="s1", adaptive_batch_size=2))
+    sink.put(_row(3, run_id="s1", adaptive_batch_size=17))
+    sink.put(_row(4, run_id="s1", adaptive_batch_size=1))
     stats = sink.close()
-    assert sink.batch_bounds == (4, 16)
-    assert (stats.rows_landed, stats.rows_quarantined) == (1, 1)
+    assert sink.batch_bounds == (2, 16)
+    assert (stats.rows_landed, stats.rows_quarantined) == (2, 2)
+    assert reader.run_metrics(sink.lake, "s1")["step"].to_list() == [1, 2]
 
 
 def test_gate_cost_is_measured_and_small(tmp_path):

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 def spool_dir(tmp_path, monkeypatch):
     path = tmp_path / "spool"
     monkeypatch.setenv("ALPHA_SPOOL", str(path))
+    monkeypatch.setenv("ALPHA_LAKE_GATE", "thread")  # the training test uses the default
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     return path
 
@@ -64,7 +65,8 @@ def _train(lake, run_id: str, tmp_path, *, symbio: bool) -> None:
     assert (stats.rows_landed, stats.rows_quarantined, stats.spool_left) == (10, 0, 0)
 
 
-def test_plain_and_symbio_runs_land_in_an_s3_lake(s3_server, tmp_path):  # noqa: F811
+def test_plain_and_symbio_runs_land_in_an_s3_lake(s3_server, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.delenv("ALPHA_LAKE_GATE")  # as in production: GX in a child process
     lake = open_lake(f"s3://{BUCKET}/team/lake")
     _train(lake, "plain-1", tmp_path, symbio=False)
     _train(lake, "symbio-1", tmp_path, symbio=True)

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def spool_dir(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "spool"
     monkeypatch.setenv("ALPHA_SPOOL", str(path))
+    monkeypatch.setenv("ALPHA_LAKE_GATE", "thread")  # one GX import per test process
     return path
 
 

@@ -245,3 +245,25 @@ def test_collector_computes_only_the_enabled_metrics() -> None:
     assert full["complexity_score"] == pytest.approx(
         complexity_score("mdl", 1000, effective_rank=full["effective_rank"])
     )
+
+
+def test_matmul_only_rank_counting_matches_the_eigensolver() -> None:
+    """The CUDA path (matrix sign by Newton-Schulz) agrees with eigvalsh, here on CPU."""
+    torch.manual_seed(0)
+    for trial in range(24):
+        m, n = torch.randint(2, 48, (2,)).tolist()
+        k = min(m, n)
+        if trial % 3 == 0:
+            w = torch.randn(m, n)
+        elif trial % 3 == 1:
+            w = torch.randn(m, 3) @ torch.randn(3, n)
+        else:  # spread spectrum, no value exactly at the 1 % threshold
+            u, _ = torch.linalg.qr(torch.randn(m, k, dtype=torch.float64))
+            v, _ = torch.linalg.qr(torch.randn(n, k, dtype=torch.float64))
+            w = u @ torch.diag(torch.logspace(0, -4.1, k, dtype=torch.float64)) @ v.T
+        assert matrix_effective_rank(w, method="sign") == matrix_effective_rank(w, method="eigh")
+    assert matrix_effective_rank(torch.zeros(6, 4), method="sign") == 0
+    model = nn.Sequential(nn.Linear(24, 40), nn.Linear(40, 24), nn.Linear(24, 24))
+    assert effective_rank(model, method="sign") == effective_rank(model, method="eigh")
+    with pytest.raises(ValueError):
+        effective_rank(model, method="svd-ish")

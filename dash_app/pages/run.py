@@ -9,6 +9,8 @@ small). Polling stops when the run leaves ``running``.
 from __future__ import annotations
 
 import logging
+import time
+from functools import partial
 from typing import Any
 
 import polars as pl
@@ -23,6 +25,10 @@ log = logging.getLogger(__name__)
 
 #: Largest number of points a live chart keeps per trace in the browser.
 LIVE_MAX_POINTS = 20_000
+#: Seconds between full re-renders of a live page's header and symbio tiles.
+HEADER_REFRESH_S = 15.0
+#: Columns a poll reads: every live chart's plus progress.
+POLL_COLUMNS = tuple(sorted({*fig.LIVE_COLUMNS, "elapsed_ms"}))
 SPARK_POINTS = 60
 
 
@@ -55,6 +61,7 @@ def render(view: data.RunView, *, poll_ms: int) -> html.Div:
                 "run_id": run["run_id"],
                 "last_step": view.last_step,
                 "prev_alerts": view.last_alerts,
+                "refreshed_at": time.time(),
             },
         ),
         dcc.Interval(id="run-poll", interval=poll_ms, disabled=not view.running),
@@ -119,6 +126,10 @@ def _spark(df: pl.DataFrame, col: str, n: int = SPARK_POINTS) -> list[float]:
     return values.to_list()
 
 
+def step_text(step: int | None, total: int | None) -> str:
+    return f"{theme.fmt_num(step)} / {theme.fmt_num(total)}"
+
+
 def timing_tiles(view: data.RunView) -> html.Div:
     run, s = view.run, view.series
     step, total = view.last_step or run.get("latest_step"), run.get("total_iters")
@@ -128,7 +139,9 @@ def timing_tiles(view: data.RunView) -> html.Div:
     elapsed_s = view.elapsed_ms / 1000.0 if view.elapsed_ms is not None else None
     if view.running:
         eta = data.eta_seconds(step, total, view.elapsed_ms)
-        end_tile = c.tile("ETA", theme.fmt_duration(eta), sub="at the mean pace", id="tile-eta")
+        end_tile = c.tile(
+            "ETA", theme.fmt_duration(eta), sub="at the mean pace", id="tile-eta", live="eta"
+        )
     else:
         end_tile = c.tile(
             "Finished",
@@ -142,7 +155,8 @@ def timing_tiles(view: data.RunView) -> html.Div:
     tiles = [
         c.tile(
             "Step",
-            f"{theme.fmt_num(step)} / {theme.fmt_num(total)}",
+            step_text(step, total),
+            live="step",
             sub=f"{frac:.1%}" if frac is not None else None,
             extra=c.progress_bar(frac),
             id="tile-step",
@@ -173,7 +187,7 @@ def timing_tiles(view: data.RunView) -> html.Div:
         c.tile(
             "Learning rate", theme.fmt_num(_last(s, "lr")), spark=_spark(s, "lr"), color=theme.GREEN
         ),
-        c.tile("Elapsed", theme.fmt_duration(elapsed_s), id="tile-elapsed"),
+        c.tile("Elapsed", theme.fmt_duration(elapsed_s), id="tile-elapsed", live="elapsed"),
         end_tile,
     ]
     return html.Div(tiles, className="tiles", id="timing-tiles")
@@ -261,18 +275,17 @@ def _unit(value: Any, unit: str) -> str:
 
 def core_charts(view: data.RunView) -> list[Any]:
     s = view.series
+    live = partial(c.live_graph, running=view.running)
     segments = _candidate_segments(view.candidates)
     charts = [
-        c.live_graph("loss", fig.loss_figure(s, segments=segments), wide=True),
-        c.live_graph("lr", fig.metric_figure(s, "lr")),
-        c.live_graph(
-            "grad_norm", fig.metric_figure(s, "grad_norm", hline=data.grad_clip(view.run))
-        ),
-        c.live_graph("tokens_per_sec", fig.metric_figure(s, "tokens_per_sec")),
-        c.live_graph("ms_per_iter", fig.metric_figure(s, "ms_per_iter")),
+        live("loss", fig.loss_figure(s, segments=segments), wide=True),
+        live("lr", fig.metric_figure(s, "lr")),
+        live("grad_norm", fig.metric_figure(s, "grad_norm", hline=data.grad_clip(view.run))),
+        live("tokens_per_sec", fig.metric_figure(s, "tokens_per_sec")),
+        live("ms_per_iter", fig.metric_figure(s, "ms_per_iter")),
     ]
-    if fig.has_data(s, "clip_coef", "clip_pct"):
-        charts.append(c.live_graph("clip", fig.clip_figure(s), wide=True))
+    if fig.has_data(s, "clip_coef", "clip_pct") or view.running:
+        charts.append(live("clip", fig.clip_figure(s), wide=True))
     return [c.section("Training", charts, id="section-training", grid="grid grid-2")]
 
 
@@ -289,36 +302,38 @@ def _candidate_segments(cands: pl.DataFrame) -> list[tuple[int, int, str]]:
 
 def symbio_sections(view: data.RunView) -> list[Any]:
     s, run = view.series, view.run
+    live = partial(c.live_graph, running=view.running)
     sections = [
         c.section(
             "CUSUM monitor",
-            [c.live_graph("cusum", fig.cusum_figure(s, data.cusum_threshold(run)), wide=True)],
+            [live("cusum", fig.cusum_figure(s, data.cusum_threshold(run)), wide=True)],
             id="section-cusum",
         ),
         c.section(
             "Symbio metrics",
             [
-                c.live_graph("weight_entropy", fig.weight_entropy_figure(s)),
-                c.live_graph("effective_rank", fig.effective_rank_figure(s)),
-                c.live_graph("free_energy", fig.free_energy_figure(s)),
-                c.live_graph("fitness", fig.fitness_figure(s)),
+                live("weight_entropy", fig.weight_entropy_figure(s)),
+                live("effective_rank", fig.effective_rank_figure(s)),
+                live("free_energy", fig.free_energy_figure(s)),
+                live("fitness", fig.fitness_figure(s)),
             ],
             id="section-symbio-metrics",
             grid="grid grid-4",
         ),
         c.section(
             "Adaptive batch",
-            [c.live_graph("batch", fig.batch_figure(s), wide=True)],
+            [live("batch", fig.batch_figure(s), wide=True)],
             id="section-batch",
         ),
     ]
-    if fig.has_data(s, "mi_input_repr", "mi_repr_output"):
+    tracks_mi = data.config_value(data.parse_json(run.get("symbio_config")), "trackMIProfiles")
+    if fig.has_data(s, "mi_input_repr", "mi_repr_output") or (view.running and tracks_mi):
         sections.append(
             c.section(
                 "Information",
                 [
                     c.static_graph("information_plane", fig.information_plane_figure(s)),
-                    c.live_graph("mi_trajectory", fig.mi_trajectory_figure(s)),
+                    live("mi_trajectory", fig.mi_trajectory_figure(s)),
                 ],
                 id="section-mi",
             )
@@ -453,36 +468,64 @@ def config_panels(view: data.RunView) -> html.Div:
 # -- live updates -----------------------------------------------------------------
 
 
-def live_update(lake: Lake, cursor: dict[str, Any], keys: list[str]) -> dict[str, Any]:
-    """New points for each live graph ``key`` plus refreshed header state.
+def live_update(
+    lake: Lake, cursor: dict[str, Any], keys: list[str], *, now: float | None = None
+) -> dict[str, Any]:
+    """New points for each live graph ``key``, and what else changed.
 
-    Returns ``{"extend": [payload or None per key], "cursor", "summary",
-    "symbio_tiles" (or None), "running"}``.
+    Every poll reads only the rows after ``cursor["last_step"]`` and the run
+    row. The step, elapsed and ETA texts follow every new row; the header and
+    the symbio tiles (which need the whole run) are re-rendered at most every
+    ``HEADER_REFRESH_S`` seconds, and when the run stops.
+
+    Returns ``{"extend": [payload or None per key], "cursor", "texts":
+    {key: text}, "summary" (or None), "symbio_tiles" (or None), "running"}``.
     """
+    now = time.time() if now is None else now
     run_id = data.reader.validate_run_id(str(cursor.get("run_id", "")))
-    since = cursor.get("last_step")
-    rows = data.new_rows(lake, run_id, since, fig.LIVE_COLUMNS)
-    view = data.load_run_view(lake, run_id)
-    if view is None:
+    run = data.reader.get_run(lake, run_id)
+    if run is None:
         raise LookupError(f"run {run_id!r} disappeared")
+    rows = data.new_rows(lake, run_id, cursor.get("last_step"), POLL_COLUMNS)
     new_cursor = dict(cursor)
+    texts: dict[str, str] = {}
     if rows.height:
-        new_cursor["last_step"] = int(rows["step"][-1])
-        new_cursor["prev_alerts"] = int(rows["cusum_alerts"].fill_null(0)[-1])
+        last = rows.row(rows.height - 1, named=True)
+        new_cursor["last_step"] = int(last["step"])
+        new_cursor["prev_alerts"] = int(last.get("cusum_alerts") or 0)
+        total = run.get("total_iters")
+        texts = {
+            "step": step_text(last["step"], total),
+            "elapsed": theme.fmt_duration((last.get("elapsed_ms") or 0) / 1000.0),
+            "eta": theme.fmt_duration(
+                data.eta_seconds(last["step"], total, last.get("elapsed_ms"))
+            ),
+        }
     rows = data.alert_onsets(rows, previous=int(cursor.get("prev_alerts") or 0))
     extend = [fig.extend_payload(rows, fig.LIVE_TRACES[k], LIVE_MAX_POINTS) for k in keys]
+    running = run.get("status") == "running"
+    due = now - float(cursor.get("refreshed_at") or 0) >= HEADER_REFRESH_S
+    head = tiles = None
+    if not running or (rows.height and due):
+        view = data.load_run_view(lake, run_id)
+        if view is not None:
+            head, running = summary(view), view.running
+            tiles = symbio_tiles(view) if view.symbio else None
+            new_cursor["refreshed_at"] = now
     return {
         "extend": extend,
         "cursor": new_cursor,
-        "summary": summary(view),
-        "symbio_tiles": symbio_tiles(view) if view.symbio else None,
-        "running": view.running,
+        "texts": texts,
+        "summary": head,
+        "symbio_tiles": tiles,
+        "running": running,
     }
 
 
 def register(app: Dash, lake: Lake) -> None:
     @app.callback(
         Output({"type": "live-graph", "key": ALL}, "extendData"),
+        Output({"type": "live-text", "key": ALL}, "children"),
         Output("run-cursor", "data"),
         Output("run-summary", "children"),
         Output({"type": "symbio-tiles", "key": ALL}, "children"),
@@ -493,12 +536,27 @@ def register(app: Dash, lake: Lake) -> None:
     )
     def _poll(_n: int, cursor: dict[str, Any]):
         keys = [o["id"]["key"] for o in ctx.outputs_list[0]]
-        n_tiles = len(ctx.outputs_list[3])
+        text_keys = [o["id"]["key"] for o in ctx.outputs_list[1]]
+        n_tiles = len(ctx.outputs_list[4])
         try:
             upd = live_update(lake, cursor or {}, keys)
-        except Exception as exc:  # noqa: BLE001 - keep the page alive; say why once
+        except Exception as exc:  # noqa: BLE001 - keep the page alive; say why in the log
             log.warning("live update failed: %s", exc)
-            return [no_update] * len(keys), no_update, no_update, [no_update] * n_tiles, no_update
-        extend = [p if p is not None else no_update for p in upd["extend"]]
-        tiles = [upd["symbio_tiles"] or no_update] * n_tiles
-        return extend, upd["cursor"], upd["summary"], tiles, not upd["running"]
+            return (
+                [no_update] * len(keys),
+                [no_update] * len(text_keys),
+                no_update,
+                no_update,
+                [no_update] * n_tiles,
+                no_update,
+            )
+        head = upd["summary"]
+        return (
+            [p if p is not None else no_update for p in upd["extend"]],
+            # a re-rendered header carries fresh texts already
+            [upd["texts"].get(k, no_update) if head is None else no_update for k in text_keys],
+            upd["cursor"],
+            head if head is not None else no_update,
+            [upd["symbio_tiles"] or no_update] * n_tiles,
+            not upd["running"],
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import polars as pl
@@ -12,6 +13,8 @@ from dash_app import components as c
 from dash_app import data, theme
 from storage import reader
 from storage.lake import Lake
+
+log = logging.getLogger(__name__)
 
 COLUMNS = [
     {"id": "run", "name": "run", "presentation": "markdown"},
@@ -41,7 +44,11 @@ def table_rows(lake: Lake, runs: pl.DataFrame) -> list[dict[str, Any]]:
     live = data.latest_steps(lake, runs)
     rows = []
     for r in runs.iter_rows(named=True):
-        run_id = r["run_id"]
+        try:  # the id goes into a markdown link: only well-formed ids get one
+            run_id = reader.validate_run_id(r["run_id"])
+        except ValueError:
+            log.warning("skipping run with a malformed id %r", str(r["run_id"])[:80])
+            continue
         step = live.get(run_id, r.get("latest_step"))
         total = r.get("total_iters")
         activation = r.get("ffn_activation") or data.parse_json(r.get("model_config")).get(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -214,8 +215,6 @@ def run_generations(
     clock: Callable[[], float] | None = None,
 ) -> list[GenerationResult]:
     """Run every generation of ``plan``; returns them in order, each ranked best-first."""
-    import time
-
     clock = clock or time.perf_counter
     rng = random.Random(plan.seed)
     candidates: list[Candidate] = executor.call("spawn_candidates", spawn_candidates, plan)

@@ -82,6 +82,7 @@ def winner_record(winner: CandidateResult | None) -> dict[str, Any] | None:
     keys = (
         "candidate_id", "activation", "generation", "best_val_loss", "final_val_loss",
         "final_loss", "fitness", "tokens_per_sec", "instability", "param_count", "rank",
+        "run_dir",
     )  # fmt: skip
     rec = winner.to_dict()
     return {k: rec.get(k) for k in keys}

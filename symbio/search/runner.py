@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model.errors import ConfigError
+from model.hooks import TrainerHook
 from symbio.search.candidate import Candidate, CandidateResult
 from symbio.search.estimate import (
     Estimate,
@@ -71,6 +72,8 @@ if TYPE_CHECKING:  # pragma: no cover
 SUMMARY_FILE = "symbio-summary.json"
 CANDIDATES_FILE = "symbio-candidates.jsonl"
 REPORT_FILE = "symbio-report.md"
+#: Slots per device kind when neither ``slots=`` nor ``ALPHA_SEARCH_SLOTS`` is given.
+DEFAULT_SLOTS = {"cpu": 1, "cuda": 2}
 
 
 class SearchInterrupted(KeyboardInterrupt):
@@ -119,25 +122,27 @@ def steps_per_candidate(resolved: ResolvedRun) -> int:
     return int(resolved.symbio_config.steps_per_candidate)
 
 
-def resolve_slots(symbio_cfg: SymbioConfig, device: str) -> int:
-    """Candidates trained at once: ``ALPHA_SEARCH_SLOTS``, else ``searchSlots``, else auto.
+def resolve_slots(device: str, slots: int | None = None) -> int:
+    """Candidates trained at once: ``slots`` if given, else ``ALPHA_SEARCH_SLOTS``, else auto.
 
-    Auto is 1 on a CPU (one candidate already keeps every core busy) and 2 on
-    CUDA (small models leave a GPU idle between kernel launches; see
-    ``bench/bench_search.py`` for the measured gain).
+    Auto (``DEFAULT_SLOTS``) is 1 on a CPU (one candidate already keeps every
+    core busy) and 2 on CUDA (small models leave a GPU idle between kernel
+    launches; ``bench/bench_search.py`` measures the gain).
     """
-    env = os.environ.get("ALPHA_SEARCH_SLOTS", "").strip()
-    if env:
-        try:
-            slots = int(env)
-        except ValueError:
-            raise ConfigError(f"ALPHA_SEARCH_SLOTS: not an integer: {env!r}") from None
+    if slots is not None:
         if slots < 1:
-            raise ConfigError(f"ALPHA_SEARCH_SLOTS: must be >= 1 (got {slots})")
-        return slots
-    if getattr(symbio_cfg, "search_slots", 0):
-        return int(symbio_cfg.search_slots)
-    return 2 if device == "cuda" else 1
+            raise ConfigError(f"search slots: must be >= 1 (got {slots})")
+        return int(slots)
+    env = os.environ.get("ALPHA_SEARCH_SLOTS", "").strip()
+    if not env:
+        return DEFAULT_SLOTS.get(device, 1)
+    try:
+        value = int(env)
+    except ValueError:
+        raise ConfigError(f"ALPHA_SEARCH_SLOTS: not an integer: {env!r}") from None
+    if value < 1:
+        raise ConfigError(f"ALPHA_SEARCH_SLOTS: must be >= 1 (got {value})")
+    return value
 
 
 def device_type(cfg: TrainConfig) -> str:
@@ -151,7 +156,12 @@ def device_type(cfg: TrainConfig) -> str:
 def candidate_train_config(
     base: TrainConfig, c: Candidate, steps: int, run_dir: Path
 ) -> TrainConfig:
-    """The candidate's own config: its activation, seed, steps and folder."""
+    """The candidate's own config: its activation, seed, steps and folder.
+
+    A warm-up as long as the candidate is cut to a tenth of it; candidates are
+    never resumed, so unless an interval was asked for, the one checkpoint is
+    written at the end.
+    """
     warmup = base.warmup_iters if base.warmup_iters < steps else steps // 10
     return base.model_copy(
         update={
@@ -160,6 +170,7 @@ def candidate_train_config(
             "iters": steps,
             "warmup_iters": warmup,
             "eval_interval": min(base.eval_interval, steps),
+            "checkpoint_interval": base.checkpoint_interval or steps,
             "run_dir": str(run_dir),
             "resume": None,
         }
@@ -183,13 +194,16 @@ class CandidateTrainer:
         sink: Any | None,
         progress: bool,
         run_meta: dict[str, Any],
-        train_fn: Callable[..., Any] | None = None,
     ) -> None:
         self.base, self.symbio, self.run_id = base, symbio, run_id
         self.run_dir, self.steps, self.sink = run_dir, steps, sink
         self.progress, self.run_meta = progress, run_meta
-        self.train_fn = train_fn
         self._print_lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Ask running candidates to stop at their next step (they end ``interrupted``)."""
+        self._stop.set()
 
     def __call__(self, c: Candidate, info: PopulationInfo) -> CandidateResult:
         from model.trainer import train
@@ -199,7 +213,7 @@ class CandidateTrainer:
         offset = c.ordinal * self.steps
         cfg = candidate_train_config(self.base, c, self.steps, folder)
         symbio_hook = SymbioHook(self.symbio, candidate=info.row_fields(c))
-        hooks: list[Any] = [symbio_hook]
+        hooks: list[Any] = [_StopHook(self._stop), symbio_hook]
         if self.sink is not None:
             from storage.sink import LakeHook
 
@@ -207,7 +221,7 @@ class CandidateTrainer:
         out = CandidateResult(c, steps=0, step_offset=offset, run_dir=str(folder))
         t0 = time.perf_counter()
         try:
-            tr = (self.train_fn or train)(
+            tr = train(
                 cfg,
                 hooks,
                 run_id=self.run_id,
@@ -239,6 +253,17 @@ class CandidateTrainer:
     def _say(self, c: Candidate, text: str) -> None:
         with self._print_lock:
             print(f"  [{c.candidate_id} {c.activation:>6}] {text}", flush=True)
+
+
+class _StopHook(TrainerHook):
+    """Raises ``KeyboardInterrupt`` in the training thread once the search is stopping."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def on_step_end(self, trainer: Any, row: dict[str, Any]) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
 
 
 def _fill_from_train_result(out: CandidateResult, tr: Any, hook: Any) -> None:
@@ -293,23 +318,49 @@ def run_search(
     flow_run_id: str | None = None,
     use_lake: bool = True,
     on_generation: Callable[[GenerationResult], None] | None = None,
+    slots: int | None = None,
 ) -> SearchOutcome:
     """Run the FFN activation search of ``resolved`` and write its artifacts.
 
     ``lake_url`` None means the default lake (``$ALPHA_LAKE`` or ``./lake``);
     ``use_lake=False`` writes only the run directory. ``executor`` decides how
-    the loop's steps run (default: ``ThreadExecutor`` with the resolved slots).
+    the loop's steps run (default: ``ThreadExecutor`` with ``slots``, see
+    ``resolve_slots``).
     """
     if resolved.symbio_config is None:
         raise ConfigError("--symbio: the activation search needs symbio mode")
-    search = _Search(resolved, lake_url, progress, executor, flow_run_id, use_lake, on_generation)
+    device = device_type(resolved.train)
+    n_slots = getattr(executor, "slots", None) or resolve_slots(device, slots)
+    search = _Search(
+        resolved,
+        device=device,
+        slots=n_slots,
+        executor=executor or ThreadExecutor(n_slots),
+        lake_url=lake_url,
+        use_lake=use_lake,
+        progress=progress and n_slots == 1,  # one progress bar at a time
+        flow_run_id=flow_run_id,
+        on_generation=on_generation,
+    )
     return search.run()
 
 
 class _Search:
     """State of one search run (kept out of ``run_search`` to keep functions short)."""
 
-    def __init__(self, resolved, lake_url, progress, executor, flow_run_id, use_lake, on_gen):
+    def __init__(
+        self,
+        resolved: ResolvedRun,
+        *,
+        device: str,
+        slots: int,
+        executor: Executor,
+        lake_url: str | None,
+        use_lake: bool,
+        progress: bool,
+        flow_run_id: str | None,
+        on_generation: Callable[[GenerationResult], None] | None,
+    ) -> None:
         self.resolved = resolved
         self.cfg: TrainConfig = resolved.train
         self.symbio: SymbioConfig = resolved.symbio_config
@@ -317,13 +368,10 @@ class _Search:
         self.run_dir = Path(resolved.run_dir)
         self.steps = steps_per_candidate(resolved)
         self.plan = SearchPlan.from_symbio(self.symbio, steps=self.steps, seed=self.cfg.seed)
-        self.device = device_type(self.cfg)
-        self.slots = getattr(executor, "slots", None) or resolve_slots(self.symbio, self.device)
-        self.executor = executor or ThreadExecutor(self.slots)
-        self.progress = progress and self.slots == 1
-        self.lake_url, self.use_lake, self.flow_run_id = lake_url, use_lake, flow_run_id
-        self.on_generation = on_gen
-        self.sink = None
+        self.device, self.slots, self.executor = device, slots, executor
+        self.lake_url, self.use_lake, self.progress = lake_url, use_lake, progress
+        self.flow_run_id, self.on_generation = flow_run_id, on_generation
+        self.sink: Any = None
         self.started_at = datetime.now(UTC)
         self.generations: list[GenerationResult] = []
         self.estimate: Estimate | None = None
@@ -450,6 +498,8 @@ class _Search:
         )
         for name, path in artifacts.items():
             print(f"  {name}: {path}", flush=True)
+        if winner is not None:
+            print(f"  winner checkpoint: {winner.run_dir}", flush=True)
         return SearchOutcome(
             run_id=self.run_id,
             run_dir=self.run_dir,
@@ -493,7 +543,9 @@ class _Search:
         self.lake_url = lake.url
         bounds = None
         if self.symbio.adaptive_batch:
-            bounds = (self.symbio.batch_min, self.symbio.batch_max)
+            # AdaptiveBatch widens [batch_min, batch_max] to hold the configured batch.
+            batch = self.cfg.batch
+            bounds = (min(self.symbio.batch_min, batch), max(self.symbio.batch_max, batch))
         self.sink = MetricSink(lake, self.run_id, batch_bounds=bounds)
 
     def _close_sink(self) -> Any:
@@ -559,7 +611,8 @@ def _model_config(cfg: TrainConfig) -> dict[str, Any]:
         "n_head": cfg.heads,
         "n_embd": cfg.dim,
         "dropout": cfg.dropout,
-        "ffn_activation": "search",
+        "ffn_activation": cfg.activation,  # the starting activation; candidates vary it
+        "ffn_dim": cfg.ffn_dim,
     }
 
 
