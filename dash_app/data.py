@@ -61,9 +61,15 @@ SPARSE_COLUMNS = (
     "symbio_generation",
     "architecture_diversity",
 )
-EVENT_COLUMNS = ("cusum_alerts", "cusum_alert_reason", "adaptive_batch_size", "batch_change_reason")
+EVENT_COLUMNS = (
+    "cusum_alerts",
+    "cusum_alert_reason",
+    "adaptive_batch_size",
+    "batch_change_reason",
+    "event",
+)
 #: Full-resolution columns besides sparse and events: for progress and ETA.
-_PROGRESS_COLUMNS = ("elapsed_ms", "tokens_per_sec", "ms_per_iter")
+_PROGRESS_COLUMNS = ("elapsed_ms",)
 
 
 @dataclass
@@ -145,7 +151,7 @@ def alert_onsets(df: pl.DataFrame, previous: int = 0) -> pl.DataFrame:
 
 
 def _events(full: pl.DataFrame) -> pl.DataFrame:
-    """Alert onsets and adaptive-batch transitions (plus the batch's last step)."""
+    """Alert onsets, adaptive-batch transitions (and the batch's last step), engine events."""
     cols = ["step", *_columns(full, EVENT_COLUMNS)]
     if len(cols) == 1 or full.is_empty():
         return full.select(cols).clear()
@@ -158,6 +164,11 @@ def _events(full: pl.DataFrame) -> pl.DataFrame:
         keep = keep | pl.col("step").is_in(onsets.implode())
     if "batch_change_reason" in full.columns:
         keep = keep | pl.col("batch_change_reason").is_not_null()
+    if "event" in full.columns:
+        events = full.filter(pl.col("event").is_not_null())["step"]
+        if events.len() > MAX_EVENTS:
+            events = events.gather_every(events.len() // MAX_EVENTS + 1)
+        keep = keep | pl.col("step").is_in(events.implode())
     if "adaptive_batch_size" in full.columns:
         sizes = full.select("step", "adaptive_batch_size").drop_nulls()
         size = pl.col("adaptive_batch_size")
@@ -259,9 +270,11 @@ def progress(step: int | None, total: int | None) -> float | None:
 
 def loss_frame(lake: Lake, run_id: str, *, max_points: int = MAX_POINTS) -> pl.DataFrame:
     """Loss (downsampled) and val loss (every eval step) of one run."""
-    dense = reader.run_metrics(lake, run_id, ["step", "loss"], max_points=max_points)
-    val = reader.run_metrics(lake, run_id, ["step", "val_loss"])
-    val = val.filter(pl.col("val_loss").is_not_null())
+    full = reader.run_metrics(lake, run_id, ["step", "loss", "val_loss"])
+    dense = full.select("step", "loss")
+    if dense.height > max_points:
+        dense = reader.downsample(dense, max_points)
+    val = full.select("step", "val_loss").filter(pl.col("val_loss").is_not_null())
     return dense.join(val, on="step", how="full", coalesce=True).sort("step")
 
 

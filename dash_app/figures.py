@@ -1,4 +1,4 @@
-"""Figure builders: Polars frames in, Plotly figures out. No I/O, no Dash.
+"""Figure builders: Polars frames in, Plotly figure dicts out. No I/O, no Dash.
 
 Every chart of a run page is built from one *series frame*: one row per step
 that has something to show, the lake's column names, nulls where a metric was
@@ -64,7 +64,12 @@ BATCH_REASONS = ("cusum_grad", "cusum_clip", "cusum_tps", "restore")
 
 #: graph key -> its traces, in order. Builders and live updates share these.
 LIVE_TRACES: dict[str, tuple[TraceSpec, ...]] = {
-    "loss": (TraceSpec("loss"), TraceSpec("val_loss")),
+    "loss": (
+        TraceSpec("loss"),
+        TraceSpec("val_loss"),
+        TraceSpec("event", "vline", pl.col("event").str.contains("skip")),
+        TraceSpec("event", "vline", pl.col("event").str.contains("checkpoint")),
+    ),
     "lr": (TraceSpec("lr"),),
     "grad_norm": (TraceSpec("grad_norm"),),
     "tokens_per_sec": (TraceSpec("tokens_per_sec"),),
@@ -189,6 +194,24 @@ def _line(
     return trace
 
 
+def _marker_lines(
+    df: pl.DataFrame, spec: TraceSpec, name: str, color: str, *, hover: str = "%{fullData.name}"
+) -> dict:
+    """Dotted vertical markers (a ``vline`` spec) on the hidden ``y2`` axis."""
+    x, y = trace_xy(df, spec)
+    return dict(
+        type="scatter",
+        x=x,
+        y=y,
+        name=name,
+        mode="lines",
+        yaxis="y2",
+        line=dict(color=color, width=1, dash="dot"),
+        opacity=0.7,
+        hovertemplate=hover + "<extra></extra>",
+    )
+
+
 def _hline(y: float, text: str, color: str) -> tuple[dict, dict]:
     """A dashed horizontal reference line across the plot, and its label."""
     shape = dict(
@@ -254,17 +277,22 @@ _SINGLE = {
 
 
 def loss_figure(df: pl.DataFrame, *, segments: Sequence[tuple[int, int, str]] = ()) -> Figure:
-    """Training loss (every step) and validation loss (eval steps).
+    """Training loss (every step), validation loss (eval steps) and engine events.
+
+    Steps the engine skipped (loss spike, NaN) and checkpoints are dotted
+    vertical markers.
 
     ``segments``: ``(first_step, last_step, label)`` bands, e.g. the search
     candidates that trained one after another in the run's step range.
     """
-    train, val = LIVE_TRACES["loss"]
+    train, val, skips, checkpoints = LIVE_TRACES["loss"]
     traces = [
         _line(df, train, "loss", theme.BLUE, width=1.2),
         _line(df, val, "val loss", theme.ORANGE, width=2, markers=True),
+        _marker_lines(df, skips, "skipped step", theme.RED),
+        _marker_lines(df, checkpoints, "checkpoint", theme.MUTED),
     ]
-    layout = _layout("Loss", height=340)
+    layout = _layout("Loss", height=340, yaxis2=_HIDDEN_AXIS)
     if segments:
         layout["shapes"] = [
             dict(
@@ -354,21 +382,10 @@ def cusum_figure(df: pl.DataFrame, threshold: float | None) -> Figure:
         )
         for spec, sig in zip(specs[:4], CUSUM_SIGNALS, strict=True)
     ]
-    for spec, sig in zip(specs[4:], CUSUM_SIGNALS, strict=True):
-        x, y = trace_xy(df, spec)
-        traces.append(
-            dict(
-                type="scatter",
-                x=x,
-                y=y,
-                name=f"{sig} alert",
-                mode="lines",
-                yaxis="y2",
-                line=dict(color=theme.SIGNAL_COLORS[sig], width=1, dash="dot"),
-                opacity=0.7,
-                hovertemplate="ALERT",
-            )
-        )
+    traces += [
+        _marker_lines(df, spec, f"{sig} alert", theme.SIGNAL_COLORS[sig], hover="ALERT")
+        for spec, sig in zip(specs[4:], CUSUM_SIGNALS, strict=True)
+    ]
     layout = _layout("CUSUM monitor", height=340, yaxis=_axis_title("CUSUM"), yaxis2=_HIDDEN_AXIS)
     if threshold is not None:
         shape, note = _hline(threshold, f"threshold {threshold:g}", theme.YELLOW)

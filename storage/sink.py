@@ -263,8 +263,9 @@ class MetricSink:
     def _validate(self, table: str, rows: list[dict]) -> GateResult:
         if table == "runs" and self.batch_bounds is None:
             self.batch_bounds = _batch_bounds(rows[-1])
-            if self.batch_bounds is not None:
-                self._build_gate()
+            if self.batch_bounds is not None and self._gate is not None:
+                self._gate.close()  # rebuilt with the bounds at the next metric row
+                self._gate = None
         if table != "metrics":
             return check_rows(table, rows, self.run_id)
         if self._gate is None:

@@ -241,8 +241,12 @@ def run_summary(
     summary: dict[str, Any] = {
         "run_id": outcome.run_id,
         "status": outcome.status,
-        "mode": ("symbio, " + resolved.search_mode) if resolved.symbio else "standard",
-        "activation": resolved.ffn_activation,
+        "mode": _mode(resolved),
+        "activation": (
+            "search: " + ", ".join(resolved.symbio_config.activation_pool)
+            if is_search(resolved)
+            else resolved.ffn_activation
+        ),
         "domain": resolved.train.domain,
         "device": resolved.train.device,
         "iters": resolved.train.iters,
@@ -276,6 +280,12 @@ def run_summary(
         summary["metric_rows"] = landed.get("metric_rows")
         summary["rows_quarantined"] = landed.get("rows_quarantined")
     return summary
+
+
+def _mode(resolved: ResolvedRun) -> str:
+    if not resolved.symbio:
+        return "standard"
+    return f"symbio ({resolved.search_mode})" if is_search(resolved) else "symbio"
 
 
 _FINAL_KEYS = (

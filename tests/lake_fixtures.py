@@ -182,6 +182,7 @@ def base_metrics(
         "elapsed_ms": start_ms + np.cumsum(ms),
         "batch_size": np.full(n, batch),
         "mfu": np.full(n, 0.31),
+        "event": _events(steps, grad, total),
         "timestamp": [T0 + timedelta(milliseconds=float(e)) for e in start_ms + np.cumsum(ms)],
     }
 
@@ -282,6 +283,16 @@ def symbio_metrics(
         cols["mi_repr_output"] = sparse_col(0.4 + 1.6 * frac)
         cols["mi_compression"] = cols["mi_repr_output"] / cols["mi_input_repr"]
     return cols
+
+
+def _events(steps: np.ndarray, grad: np.ndarray, total: int) -> list[str | None]:
+    """Engine events: the biggest gradient spikes are skipped steps; 4 checkpoints a run."""
+    every = max(1, total // 4)
+    out: list[str | None] = []
+    for step, g in zip(steps.tolist(), grad.tolist(), strict=True):
+        tags = (["spike_skip"] if g > 3.5 else []) + (["checkpoint"] if step % every == 0 else [])
+        out.append(",".join(tags) or None)
+    return out
 
 
 # -- run builders ----------------------------------------------------------------

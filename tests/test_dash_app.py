@@ -12,11 +12,13 @@ import lake_fixtures as lf
 import plotly
 import polars as pl
 import pytest
+from s3_server import BUCKET, s3_server  # noqa: F401 - the fixture
 
 from dash_app import data
 from dash_app.app import create_app, route
 from dash_app.auth import credentials_from_env
 from dash_app.pages import run as run_page
+from dash_app.pages import runs as runs_page
 from flows.cli import main as alpha
 from storage.lake import open_lake
 
@@ -132,7 +134,7 @@ def test_live_update_appends_only_new_rows(tmp_path: Path) -> None:
     upd = run_page.live_update(lake, cursor, keys, now=t0 + 2)
     loss_update, indices, _max = upd["extend"][0]
     assert loss_update["x"][0] == list(range(41, 66))
-    assert indices == [0, 1]
+    assert indices == [0, 1, 2, 3]
     assert upd["cursor"]["last_step"] == 65
     assert upd["texts"]["step"] == "65 / 1,000"
     assert upd["summary"] is None  # header re-rendered at most every HEADER_REFRESH_S
@@ -252,3 +254,16 @@ def test_run_that_has_not_landed_a_row_yet_renders(tmp_path: Path) -> None:
     # charts that will fill in later are there from the start, ready for extendData
     for id_ in ("card-clip", "card-cusum", "card-mi_trajectory", "tile-eta"):
         assert find(page, id_) is not None, id_
+
+
+@pytest.mark.usefixtures("s3_server")
+def test_pages_over_an_s3_lake() -> None:
+    """The same pages over ``s3://`` (moto on loopback): the reader hides the store."""
+    lake = open_lake(f"s3://{BUCKET}/lake")
+    lf.plain_run(lake, "s3-plain", steps=50)
+    lf.symbio_run(lake, "s3-symbio", steps=100)
+    page = route(lake, "/runs/s3-symbio", "", poll_ms=1000)
+    assert find(page, "section-cusum") is not None
+    assert find(page, "card-loss").children.figure["data"][0]["x"][-1] == 100
+    rows = runs_page.table_rows(lake, data.reader.list_runs(lake))
+    assert {r["id"] for r in rows} == {"s3-plain", "s3-symbio"}

@@ -123,10 +123,11 @@ def test_runs_list_filters_sorts_and_selects_for_compare(tab: Tab, lake) -> None
     status_filter.fill("running")
     status_filter.press("Enter")
     tab.page.wait_for_function(
-        "() => document.querySelectorAll('#runs-table tr td.dash-cell.column-0').length === 1",
+        "() => document.querySelectorAll('#runs-table tr td.dash-cell.column-0').length === 2",
         timeout=WAIT_MS,
     )
-    assert "live-0001" in tab.page.inner_text("#runs-table")
+    running = tab.page.inner_text("#runs-table")
+    assert "live-0001" in running and "list-live" in running and "plain-0001" not in running
     status_filter.fill("")
     status_filter.press("Enter")
     tab.page.wait_for_function(

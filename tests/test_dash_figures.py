@@ -30,10 +30,21 @@ def test_trace_of_missing_column_is_empty() -> None:
 def test_loss_figure_without_val_loss_renders_empty_val_trace() -> None:
     df = frame(step=[1, 2, 3], loss=[3.0, 2.5, 2.0], val_loss=[None, None, None])
     f = fig.loss_figure(df)
-    assert [t["name"] for t in f["data"]] == ["loss", "val loss"]
+    assert [t["name"] for t in f["data"]] == ["loss", "val loss", "skipped step", "checkpoint"]
     assert f["data"][0]["y"] == [3.0, 2.5, 2.0]
     assert f["data"][1]["x"] == []
-    assert all(t["connectgaps"] for t in f["data"])
+    assert f["data"][0]["connectgaps"] and f["data"][1]["connectgaps"]
+
+
+def test_loss_figure_marks_skipped_steps_and_checkpoints() -> None:
+    df = frame(
+        step=[1, 2, 3, 4],
+        loss=[3.0, None, 2.0, 1.9],
+        event=[None, "spike_skip", "checkpoint", "nan_skip,checkpoint"],
+    )
+    skips, checkpoints = fig.loss_figure(df)["data"][2:]
+    assert skips["x"] == [2, 2, None, 4, 4, None] and skips["yaxis"] == "y2"
+    assert checkpoints["x"] == [3, 3, None, 4, 4, None]
 
 
 def test_empty_frame_says_no_data() -> None:
@@ -152,9 +163,16 @@ def test_activation_shares_per_generation_sum_to_one() -> None:
 
 
 def test_extend_payload_appends_new_points_per_trace() -> None:
-    new = frame(step=[11, 12], loss=[1.5, 1.4], val_loss=[None, 1.6])
+    new = frame(step=[11, 12], loss=[1.5, 1.4], val_loss=[None, 1.6], event=["checkpoint", None])
     payload = fig.extend_payload(new, fig.LIVE_TRACES["loss"], 500)
-    assert payload == [{"x": [[11, 12], [12]], "y": [[1.5, 1.4], [1.6]]}, [0, 1], 500]
+    assert payload == [
+        {
+            "x": [[11, 12], [12], [], [11, 11, None]],
+            "y": [[1.5, 1.4], [1.6], [], [0, 1, None]],
+        },
+        [0, 1, 2, 3],
+        500,
+    ]
     assert fig.extend_payload(frame(step=[], loss=[]), fig.LIVE_TRACES["loss"]) is None
 
 

@@ -255,3 +255,26 @@ def test_only_transient_failures_are_retried() -> None:
     assert train_run.retries == 1 and train_run.retry_condition_fn is _not_bad_input
     assert not _not_bad_input(None, None, Failed(data=ConfigError("--iters: bad")))
     assert _not_bad_input(None, None, Failed(data=OSError("connection reset")))
+
+
+def test_a_retried_train_resumes_from_the_failed_attempts_checkpoint(tmp_path: Path) -> None:
+    """The first attempt of a 6-step run died after its step-3 checkpoint: the retry
+    (the task body run again) continues from step 3 under the same run id."""
+    import dataclasses
+
+    from storage.reader import run_metrics
+    from tasks.prefect_tasks import train_run
+    from tasks.resolve import resolve_run_config
+
+    lake = str(tmp_path / "lake")
+    first = resolve_run_config({**TINY, "iters": 3, "run_dir": str(tmp_path / "run")})
+    assert train_run.fn(first, lake).status == "completed"  # leaves the step-3 checkpoint
+    attempt = dataclasses.replace(
+        first,
+        train=first.train.model_copy(update={"iters": 6}),
+        explicit={**first.explicit, "iters": 6},
+    )
+    outcome = train_run.fn(attempt, lake)
+    assert outcome.status == "completed" and outcome.run_id == first.run_id
+    assert outcome.result.steps == 6
+    assert run_metrics(lake, first.run_id)["step"].to_list() == [1, 2, 3, 4, 5, 6]

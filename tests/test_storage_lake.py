@@ -266,3 +266,35 @@ def test_reader_reads_only_committed_objects(tmp_path):
     assert reader.run_metrics(lake, "r1")["step"].to_list() == [1]
     assert ds.dataset(str(tmp_path / "lake" / "metrics"), partitioning="hive").count_rows() == 1
     assert os.listdir(part)
+
+
+def test_any_fsspec_url_works_with_commit_markers():
+    lake = open_lake("memory://alpha-test-lake")
+    assert lake.protocol == "memory" and not lake.atomic_rename
+    sink = MetricSink(lake, "m1", register_atexit=False)
+    sink.write_run({"status": "completed"})
+    for step in range(1, 11):
+        sink.put(_row(step, run_id="m1"))
+    sink.close()
+    objects = [p for p in lake.fs.find(lake.root) if "/_commits/" not in p]
+    markers = lake.fs.find(lake.path("_commits"))
+    assert len(objects) == len(markers) == 2
+    assert reader.run_metrics(lake, "m1")["step"].to_list() == list(range(1, 11))
+    assert reader.list_runs(lake)["run_id"].to_list() == ["m1"]
+    lake.fs.rm(markers[0])  # an uncommitted object is invisible to the reader
+    visible = reader.run_metrics(lake, "m1").height + reader.list_runs(lake).height
+    assert visible == 1
+    lake.fs.rm(lake.root, recursive=True)
+
+
+def test_gate_falls_back_to_in_process_gx_when_the_child_dies():
+    gate = MetricsGate(in_process=False)
+    rows = [_row(i) for i in range(1, 6)]
+    rows[2]["clip_coef"] = 2.0
+    assert gate.validate(rows, "r1").rejected.num_rows == 1  # validated by the child
+    gate._worker._proc.kill()
+    gate._worker._proc.join(10)
+    result = gate.validate(rows, "r1")  # the child is gone: validated here, nothing skipped
+    assert (result.valid.num_rows, result.rejected.num_rows) == (4, 1)
+    assert gate._worker is None
+    gate.close()

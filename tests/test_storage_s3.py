@@ -1,4 +1,5 @@
-"""``s3://`` lakes against a real S3-compatible server on loopback (moto)."""
+"""Real (tiny) trainings into local and ``s3://`` lakes; S3 against a real
+S3-compatible server on loopback (moto): commit markers, an outage mid-run."""
 
 from __future__ import annotations
 
@@ -91,6 +92,19 @@ def test_plain_and_symbio_runs_land_in_an_s3_lake(s3_server, tmp_path, monkeypat
     objects = lake.fs.find(f"{BUCKET}/team/lake/metrics")
     markers = lake.fs.find(f"{BUCKET}/team/lake/_commits/metrics")
     assert len(objects) == len(markers) >= 2
+
+
+def test_plain_and_symbio_runs_land_in_a_local_lake(tmp_path):
+    lake = open_lake(tmp_path / "lake")
+    _train(lake, "plain-1", tmp_path, symbio=False)
+    _train(lake, "symbio-1", tmp_path, symbio=True)
+    runs = reader.list_runs(lake)
+    assert dict(zip(runs["run_id"], runs["symbio"], strict=True)) == {"plain-1": 0, "symbio-1": 1}
+    assert reader.get_run(lake, "symbio-1")["ffn_activation"] == "swiglu"
+    table = ds.dataset(str(tmp_path / "lake" / "metrics"), partitioning="hive").to_table()
+    assert set(table.schema.names) == {c.name for c in METRICS_COLUMNS}
+    assert table.num_rows == 20
+    assert not (tmp_path / "lake" / "quarantine").exists()
 
 
 def test_reader_ignores_objects_without_a_commit_marker(s3_server):  # noqa: F811

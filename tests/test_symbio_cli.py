@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from model.config import swiglu_ffn_dim
+from model.config import SHIPPED_CORPUS, swiglu_ffn_dim
 from storage.schema import SYMBIO_METRIC_COLUMNS, column_names
 from tasks.resolve import resolve_run_config
 
@@ -33,6 +33,14 @@ PRESET = {
     "warmup_iters": 500,
     "spike_threshold": 10.0,
 }
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> str:
+    """The first 100 kB of the shipped corpus: the same text, a faster setup."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(SHIPPED_CORPUS.read_text(encoding="utf-8")[:100_000], encoding="utf-8")
+    return f"--data={path}"
 
 
 def write_config(tmp_path: Path, doc: dict) -> str:
@@ -137,7 +145,7 @@ def test_symbio_config_needs_symbio(tmp_path, capsys) -> None:
 # -- end to end -------------------------------------------------------------------------
 
 
-def test_alpha_train_symbio_end_to_end(tmp_path, capsys) -> None:
+def test_alpha_train_symbio_end_to_end(tmp_path, capsys, corpus) -> None:
     cfg = write_config(
         tmp_path,
         {"searchMode": "none", "trackMIProfiles": True, "gradClip": 0.5, "spikeThreshold": 0.0},
@@ -151,6 +159,7 @@ def test_alpha_train_symbio_end_to_end(tmp_path, capsys) -> None:
             "--iters=100",
             "--lr=1e-3",
             "--eval-interval=25",
+            corpus,
             f"--run-dir={run_dir}",
             f"--lake={tmp_path / 'lake'}",
             *TINY,
@@ -217,7 +226,7 @@ print(json.dumps({"code": code, "symbio_modules": loaded}))
 """
 
 
-def test_plain_run_never_imports_symbio_and_rows_carry_no_symbio_fields(tmp_path) -> None:
+def test_plain_run_never_imports_symbio_and_rows_carry_no_symbio_fields(tmp_path, corpus) -> None:
     run_dir = tmp_path / "plain"
     proc = subprocess.run(
         [
@@ -228,6 +237,7 @@ def test_plain_run_never_imports_symbio_and_rows_carry_no_symbio_fields(tmp_path
             "--iters=20",
             "--eval-interval=10",
             "--activation=silu",
+            corpus,
             f"--run-dir={run_dir}",
             f"--lake={tmp_path / 'lake'}",
             *TINY,

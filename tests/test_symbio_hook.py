@@ -31,9 +31,17 @@ MI = {"mi_input_repr", "mi_repr_output", "mi_compression"}
 EVAL = {"cusum_val", "fitness_score"}
 
 
+def small_corpus(tmp_path: Path) -> str:
+    """The first 100 kB of the shipped corpus: the same text, a faster setup."""
+    path = tmp_path / "corpus.txt"
+    if not path.exists():
+        path.write_text(SHIPPED_CORPUS.read_text(encoding="utf-8")[:100_000], encoding="utf-8")
+    return str(path)
+
+
 def tiny(tmp_path: Path, name: str = "run", **kw: Any):
     values = dict(
-        data=str(SHIPPED_CORPUS),
+        data=small_corpus(tmp_path),
         device="cpu",
         iters=40,
         batch=8,
@@ -216,9 +224,19 @@ def test_unknown_candidate_fields_are_rejected() -> None:
         SymbioHook(SymbioConfig(), candidate={"candidate_id": "x"})
 
 
+class TwoBursts(Signals):
+    def __init__(self) -> None:
+        super().__init__(range(0))
+
+    def on_step_end(self, trainer, row) -> None:
+        super().on_step_end(trainer, row)
+        if row["step"] in (5, 6, 7, 15, 16, 17):
+            row["grad_norm"] = 1e3
+
+
 @pytest.mark.slow
 def test_adaptive_batch_does_not_recompile_under_torch_compile(tmp_path) -> None:
-    """`--compile`: resizes reuse the dynamic-batch graph (no recompilation storm)."""
+    """`--compile`: repeated resizes reuse one dynamic-batch graph (no recompilation storm)."""
     from torch._dynamo.utils import counters
 
     counters.clear()
@@ -231,10 +249,12 @@ def test_adaptive_batch_does_not_recompile_under_torch_compile(tmp_path) -> None
         metrics_interval=1000,
     )
     _, rows = train(
-        tiny(tmp_path, iters=16, layers=1, compile=True, eval_interval=1000),
-        [Signals(range(5, 8)), SymbioHook(cfg)],  # no forward pre-hook here: it would break graphs
+        tiny(tmp_path, iters=22, layers=1, compile=True, eval_interval=1000),
+        [TwoBursts(), SymbioHook(cfg)],  # no forward pre-hook here: it would break graphs
     )
     sizes = [r["batch_size"] for r in rows]
-    assert len(set(sizes)) >= 2, "the batch size never changed"
-    # one graph for training (+ one for the final eval under no_grad), whatever the sizes
-    assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
+    changes = sum(a != b for a, b in zip(sizes, sizes[1:], strict=False))
+    assert changes >= 3, sizes
+    # at most: the first (static) graph, one dynamic-batch graph after the first
+    # resize, one graph for the final eval (no_grad) -- however many resizes follow
+    assert counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])
