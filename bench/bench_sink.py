@@ -207,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gate-in-process", action="store_true", help="run GX in the writer thread")
     args = p.parse_args(argv)
     GATE_IN_PROCESS[0] = args.gate_in_process
-    os.environ.setdefault("ALPHA_SPOOL", tempfile.mkdtemp(prefix="alpha-spool-"))
     with tempfile.TemporaryDirectory(prefix="alpha-bench-lake-") as tmp:
-        lake_url = args.lake or tmp
+        os.environ.setdefault("ALPHA_SPOOL", os.path.join(tmp, "spool"))
+        lake_url = args.lake or os.path.join(tmp, "lake")
         out = {
             "bench": "sink",
             "cpu_count": os.cpu_count(),

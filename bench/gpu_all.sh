@@ -13,7 +13,7 @@ python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.
 for b in $what; do
   case $b in
     engine) python3 bench/bench_engine.py --data "$DATA" --device cuda ${ENGINE_ARGS:-} ;;
-    symbio) python3 bench/bench_symbio.py --data "$DATA" --device cuda --layers 6 --heads 6 --dim 384 --block 256 --batch 64 ${SYMBIO_ARGS:-} ;;
+    symbio) python3 bench/bench_symbio.py --gpu --data "$DATA" --device cuda ${SYMBIO_ARGS:-} ;;
     search) python3 bench/bench_search.py --data "$DATA" --device cuda ${SEARCH_ARGS:-} ;;
     sink) python3 bench/bench_sink.py ${SINK_ARGS:-} ;;
   esac > "$OUT/$b.json" 2> "$OUT/$b.log"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
@@ -69,7 +70,7 @@ EVENT_COLUMNS = (
     "event",
 )
 #: Full-resolution columns besides sparse and events: for progress and ETA.
-_PROGRESS_COLUMNS = ("elapsed_ms",)
+_PROGRESS_COLUMNS = ("elapsed_ms", "timestamp")
 
 
 @dataclass
@@ -80,6 +81,8 @@ class RunView:
     series: pl.DataFrame
     last_step: int | None = None
     elapsed_ms: float | None = None
+    #: When the newest row was produced (a running run that stops landing rows is stale).
+    last_timestamp: datetime | None = None
     alert_count: int = 0
     last_alert_step: int | None = None
     #: ``cusum_alerts`` bitmask of the last step (live updates mark onsets after it).
@@ -93,6 +96,15 @@ class RunView:
     @property
     def running(self) -> bool:
         return self.run.get("status") == "running"
+
+    def silent_for(self, now: datetime | None = None) -> float | None:
+        """Seconds since a running run last landed a row (``None`` if not running)."""
+        if not self.running:
+            return None
+        since = self.last_timestamp or self.run.get("started_at")
+        if since is None:
+            return None
+        return ((now or datetime.now(UTC)) - since).total_seconds()
 
 
 def is_symbio(run: dict[str, Any]) -> bool:
@@ -219,6 +231,7 @@ def load_run_view(lake: Lake, run_id: str, *, max_points: int = MAX_POINTS) -> R
         last = full.row(full["step"].arg_max(), named=True)
         view.last_step = int(last["step"])
         view.elapsed_ms = last.get("elapsed_ms")
+        view.last_timestamp = last.get("timestamp")
     if "cusum_alerts" in full.columns:
         alerts = full.filter(pl.col("cusum_alerts").fill_null(0) != 0)
         view.alert_count = alerts.height

@@ -158,6 +158,15 @@ def check_model_config(ckpt: CheckpointMeta, wanted: ModelConfig, flag: str = "-
 
 def load_model(path: Path, model, flag: str = "--resume") -> None:
     """Load weights into ``model``; a missing/extra tensor or shape mismatch is a clear error."""
+    try:
+        _load_model(path, model, flag)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged file (truncated, bad offsets)
+        raise CheckpointError(f"{flag}: unreadable checkpoint {path}: {exc}") from None
+
+
+def _load_model(path: Path, model, flag: str) -> None:
     from safetensors import safe_open
 
     own = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
@@ -193,15 +202,18 @@ def load_training_state(path: Path, ckpt: CheckpointMeta, optimizer) -> None:
     state: dict[int, dict[str, Any]] = {}
     cuda_rng: dict[int, torch.Tensor] = {}
     cpu_rng = None
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        for key in f.keys():
-            parts = key.split("/")
-            if parts[0] == "optim":
-                state.setdefault(int(parts[1]), {})[parts[2]] = f.get_tensor(key)
-            elif key == "rng/torch_cpu":
-                cpu_rng = f.get_tensor(key)
-            elif parts[:2] == ["rng", "cuda"]:
-                cuda_rng[int(parts[2])] = f.get_tensor(key)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                parts = key.split("/")
+                if parts[0] == "optim":
+                    state.setdefault(int(parts[1]), {})[parts[2]] = f.get_tensor(key)
+                elif key == "rng/torch_cpu":
+                    cpu_rng = f.get_tensor(key)
+                elif parts[:2] == ["rng", "cuda"]:
+                    cuda_rng[int(parts[2])] = f.get_tensor(key)
+    except Exception as exc:  # noqa: BLE001 - a damaged file
+        raise CheckpointError(f"--resume: unreadable checkpoint {path}: {exc}") from None
     for idx, scalars in (ckpt.meta.get("optim_scalars") or {}).items():
         state.setdefault(int(idx), {}).update(scalars)
     try:

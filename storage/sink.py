@@ -114,7 +114,10 @@ class MetricSink:
 
     # -- producer side (training thread) ---------------------------------------
     def put(self, row: dict[str, Any]) -> None:
-        """Enqueue one metric row. Never blocks, never does I/O."""
+        """Enqueue one metric row. Never blocks, never does I/O (unless closed)."""
+        if self._closed:  # misuse: keep the row rather than drop it
+            self._rescue("metrics", [dict(row)], RuntimeError("put() after close()"))
+            return
         self._q.put(("metrics", dict(row)))
 
     def write_run(self, run_row: dict[str, Any]) -> None:
@@ -337,8 +340,14 @@ class MetricSink:
 
     def _rescue(self, table: str, rows: list[dict], exc: BaseException) -> None:
         """Last resort: keep rows as JSON lines in the spool folder."""
-        log.exception(
-            "lake sink: could not process a %s batch (%s); rescuing rows", table, type(exc).__name__
+        log.error(
+            "lake sink: could not process %d %s row(s) (%s: %s); rescued to %s",
+            len(rows),
+            table,
+            type(exc).__name__,
+            exc,
+            self.spool.dir,
+            exc_info=exc if exc.__traceback__ is not None else None,  # a bug: show where
         )
         self.spool.dir.mkdir(parents=True, exist_ok=True)
         path = self.spool.dir / f"rescued-{table}-{self.run_id}-{uuid.uuid4().hex[:8]}.jsonl"

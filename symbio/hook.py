@@ -128,7 +128,7 @@ class SymbioHook(TrainerHook):
         """The sparse metrics; a failure is logged, never fatal to the training run."""
         try:
             return self.collector.collect(
-                trainer.model, row.get("loss", math.nan), trainer.autocast
+                trainer.model, _or_nan(row.get("loss")), trainer.autocast
             )
         except (RuntimeError, ValueError) as exc:  # e.g. CUDA OOM in a decomposition
             log.warning("symbio: metrics at step %s failed: %s", row.get("step"), exc)
@@ -179,3 +179,8 @@ class SymbioHook(TrainerHook):
 
 def _finite_only(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if not (isinstance(v, float) and not math.isfinite(v))}
+
+
+def _or_nan(x: float | None) -> float:
+    """The engine reports a non-finite loss as None (NaN-skip steps)."""
+    return math.nan if x is None else float(x)

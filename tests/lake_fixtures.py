@@ -285,6 +285,12 @@ def symbio_metrics(
     return cols
 
 
+def _now(cols: dict[str, Any]) -> dict[str, Any]:
+    """Stamp rows with the current time, as a run training right now would."""
+    cols["timestamp"] = [datetime.now(UTC)] * len(cols["step"])
+    return cols
+
+
 def _events(steps: np.ndarray, grad: np.ndarray, total: int) -> list[str | None]:
     """Engine events: the biggest gradient spikes are skipped steps; 4 checkpoints a run."""
     every = max(1, total // 4)
@@ -344,10 +350,16 @@ def symbio_run(
     mi: bool = True,
     status: str = "completed",
     total: int | None = None,
+    now: bool = False,
 ) -> str:
-    """A symbio run with every symbio metric; ``cusumSensitivity`` = ``sensitivity``."""
+    """A symbio run with every symbio metric; ``cusumSensitivity`` = ``sensitivity``.
+
+    ``now``: rows are stamped with the current time (a run that is training now).
+    """
     total = total or steps
     cols = base_metrics(np.arange(1, steps + 1), total=total, seed=2)
+    if now:
+        _now(cols)
     symbio_metrics(cols, seed=2, metrics_interval=metrics_interval, sensitivity=sensitivity, mi=mi)
     write_table(lake, "metrics", run_id, cols)
     cfg = symbio_config(
@@ -496,9 +508,9 @@ def in_progress_run(
     """A ``running`` run with ``steps`` of ``total`` steps landed so far."""
     if symbio:
         return symbio_run(
-            lake, run_id, steps=steps, total=total, status="running", metrics_interval=10
+            lake, run_id, steps=steps, total=total, status="running", metrics_interval=10, now=True
         )
-    cols = base_metrics(np.arange(1, steps + 1), total=total, seed=4)
+    cols = _now(base_metrics(np.arange(1, steps + 1), total=total, seed=4))
     write_table(lake, "metrics", run_id, cols)
     write_run(
         lake,
@@ -517,7 +529,7 @@ def append_steps(
 ) -> int:
     """Land steps ``start .. start+count-1`` of a growing run; returns the last step."""
     steps = np.arange(start, start + count)
-    cols = base_metrics(steps, total=total, seed=4)
+    cols = _now(base_metrics(steps, total=total, seed=4))
     if symbio:
         symbio_metrics(cols, seed=4, metrics_interval=10, sensitivity=3.5, mi=True)
     write_table(lake, "metrics", run_id, cols)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import lake_fixtures as lf
@@ -126,8 +127,8 @@ def test_live_update_appends_only_new_rows(tmp_path: Path) -> None:
     t0 = 1000.0
     cursor = {"run_id": "grow-1", "last_step": view.last_step, "prev_alerts": 0, "refreshed_at": t0}
     keys = ["loss", "cusum", "batch"]
-    quiet = run_page.live_update(lake, cursor, keys, now=t0 + 1)
-    assert quiet["extend"] == [None, None, None] and quiet["running"]
+    quiet = run_page.live_update(lake, cursor, keys + ["not-a-graph"], now=t0 + 1)
+    assert quiet["extend"] == [None, None, None, None] and quiet["running"]
     assert quiet["summary"] is None and quiet["texts"] == {}
 
     lf.append_steps(lake, "grow-1", 41, 25, total=1000)
@@ -267,3 +268,17 @@ def test_pages_over_an_s3_lake() -> None:
     assert find(page, "card-loss").children.figure["data"][0]["x"][-1] == 100
     rows = runs_page.table_rows(lake, data.reader.list_runs(lake))
     assert {r["id"] for r in rows} == {"s3-plain", "s3-symbio"}
+
+
+def test_running_run_that_went_silent_is_flagged(tmp_path: Path) -> None:
+    lake = open_lake(str(tmp_path))
+    lf.in_progress_run(lake, "quiet-1", steps=10, total=100, symbio=False)
+    assert find(route(lake, "/runs/quiet-1", "", poll_ms=1000), "stale-badge") is None
+    view = data.load_run_view(lake, "quiet-1")
+    later = view.last_timestamp + timedelta(seconds=run_page.STALE_AFTER_S + 60)
+    assert view.silent_for(later) > run_page.STALE_AFTER_S
+    old = lf.symbio_run(lake, "old-running", steps=20, status="running")  # rows from days ago
+    assert (
+        "no new rows for"
+        in find(route(lake, f"/runs/{old}", "", poll_ms=1000), "stale-badge").children
+    )

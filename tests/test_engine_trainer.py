@@ -206,6 +206,13 @@ def test_foreign_unreadable_and_mismatched_checkpoints(corpus: Path, tmp_path: P
     with pytest.raises(CheckpointError, match="shape mismatch.*n_embd=32 in the checkpoint but 64"):
         Trainer(other, progress=False)
     assert not (tmp_path / "other").exists()  # nothing half-written
+    data = (run / "checkpoint.safetensors").read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    damaged = tiny(corpus, tmp_path / "damaged", iters=4, resume=str(truncated))
+    with pytest.raises(CheckpointError, match="unreadable checkpoint"):
+        Trainer(damaged, progress=False)
+    assert not (tmp_path / "damaged").exists()
     with pytest.raises(ConfigError, match="not beyond the checkpoint's step"):
         Trainer(tiny(corpus, run, iters=2, resume=str(run)), progress=False)
 

@@ -299,3 +299,12 @@ def test_alpha_runs_prints_a_table(tmp_path, capsys):
     assert alpha(["runs", "--lake", "nope://x"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown lake protocol" in err
+
+
+def test_rows_put_after_close_are_rescued_not_dropped(tmp_path, spool_dir):
+    sink = MetricSink(open_lake(tmp_path / "lake"), "late", register_atexit=False)
+    sink.close()
+    sink.put(_row("late", 1))
+    rescued = list(spool_dir.glob("rescued-metrics-late-*.jsonl"))
+    assert len(rescued) == 1 and '"step": 1' in rescued[0].read_text()
+    assert sink.stats.rows_rescued == 1

@@ -31,6 +31,8 @@ HEADER_REFRESH_S = 15.0
 #: Columns a poll reads: every live chart's plus progress.
 POLL_COLUMNS = tuple(sorted({*fig.LIVE_COLUMNS, "elapsed_ms"}))
 SPARK_POINTS = 60
+#: A running run that lands no row for this long gets a warning (its process may be gone).
+STALE_AFTER_S = 600.0
 
 
 # -- layout -----------------------------------------------------------------------
@@ -87,6 +89,11 @@ def summary(view: data.RunView) -> list[Any]:
             badges.append(
                 c.badge(theme.SEARCH_MODE_LABELS.get(mode, mode), "search", id="search-mode-tag")
             )
+    silent = view.silent_for()
+    if silent is not None and silent > STALE_AFTER_S:
+        badges.append(
+            c.badge(f"no new rows for {theme.fmt_duration(silent)}", "warn", id="stale-badge")
+        )
     model = data.parse_json(run.get("model_config"))
     meta = [
         run.get("domain"),
@@ -476,7 +483,7 @@ def live_update(
 
     Every poll reads only the rows after ``cursor["last_step"]`` and the run
     row. The step, elapsed and ETA texts follow every new row; the header and
-    the symbio tiles (which need the whole run) are re-rendered at most every
+    the symbio tiles (which need the whole run) are re-rendered every
     ``HEADER_REFRESH_S`` seconds, and when the run stops.
 
     Returns ``{"extend": [payload or None per key], "cursor", "texts":
@@ -487,7 +494,8 @@ def live_update(
     run = data.reader.get_run(lake, run_id)
     if run is None:
         raise LookupError(f"run {run_id!r} disappeared")
-    rows = data.new_rows(lake, run_id, cursor.get("last_step"), POLL_COLUMNS)
+    since = cursor.get("last_step")
+    rows = data.new_rows(lake, run_id, None if since is None else int(since), POLL_COLUMNS)
     new_cursor = dict(cursor)
     texts: dict[str, str] = {}
     if rows.height:
@@ -503,11 +511,16 @@ def live_update(
             ),
         }
     rows = data.alert_onsets(rows, previous=int(cursor.get("prev_alerts") or 0))
-    extend = [fig.extend_payload(rows, fig.LIVE_TRACES[k], LIVE_MAX_POINTS) for k in keys]
+    extend = [
+        fig.extend_payload(rows, fig.LIVE_TRACES[k], LIVE_MAX_POINTS)
+        if k in fig.LIVE_TRACES
+        else None
+        for k in keys
+    ]
     running = run.get("status") == "running"
     due = now - float(cursor.get("refreshed_at") or 0) >= HEADER_REFRESH_S
     head = tiles = None
-    if not running or (rows.height and due):
+    if not running or due:  # also shows a run that went silent as stale
         view = data.load_run_view(lake, run_id)
         if view is not None:
             head, running = summary(view), view.running
