@@ -20,8 +20,8 @@ def _cfg(activation: str, **kw) -> ModelConfig:
 
 
 def _gelu_reference(x: torch.Tensor) -> torch.Tensor:
-    """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+    """The exact GELU, x * Phi(x) = 0.5 x (1 + erf(x / sqrt(2))), as nanoGPT's nn.GELU()."""
+    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
 def test_gelu_matches_reference_formula() -> None:
