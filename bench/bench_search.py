@@ -93,7 +93,7 @@ def resolve(args: argparse.Namespace, name: str, run_dir: Path):
 
 def one_generation(args, name: str, slots: int, tmp: Path) -> dict:
     from symbio.search.executors import ThreadExecutor
-    from symbio.search.runner import run_search
+    from tasks.search_runner import run_search
 
     resolved = resolve(args, name, tmp / f"{name}-slots{slots}")
     t0 = time.perf_counter()

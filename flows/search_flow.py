@@ -3,7 +3,7 @@
 ``run_search_flow`` is what the ``alpha`` flow calls when a run is a search.
 It runs the ``symbio-search`` flow (a subflow when called from inside
 ``alpha``) whose task runner trains up to ``slots`` candidates at once. The
-search itself is ``symbio.search.runner.run_search`` with a
+search itself is ``tasks.search_runner.run_search`` with a
 ``PrefectExecutor``: spawn, train (one task run per candidate), rank and
 mutate are task runs, and the loop is the same one ``alpha train`` runs
 without a server. The report and the candidates table are published as
@@ -22,13 +22,13 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from symbio.search.loop import GenerationResult
-from symbio.search.runner import (
+from tasks.resolve import ResolvedRun
+from tasks.search_runner import (
     SearchOutcome,
     device_type,
     resolve_slots,
     run_search,
 )
-from tasks.resolve import ResolvedRun
 from tasks.search_tasks import PrefectExecutor
 
 FLOW_NAME = "symbio-search"

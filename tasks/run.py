@@ -63,14 +63,13 @@ def execute(
 
     if resolved.symbio and resolved.search_mode == SEARCH_MODE:
         # ---- FFN activation search: symbio/search owns this branch -----------------
-        from symbio.search.runner import run_search
+        from tasks.search_runner import run_search
 
         return run_search(resolved, lake_url=lake.url, progress=progress)
         # ---- end of the search branch ----------------------------------------------
 
-    from storage.sink import LakeHook, MetricSink
-
     from model.trainer import Trainer
+    from storage.sink import LakeHook, MetricSink
 
     trainer = Trainer(
         resolved.train,

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from model.config import SHIPPED_CORPUS
-from symbio.search.runner import run_search, steps_per_candidate
 from tasks.resolve import resolve_run_config
+from tasks.search_runner import run_search, steps_per_candidate
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -2,7 +2,8 @@
 
 Computes the enabled metrics of PRD §8.3–8.9 for the current model state and
 returns them as lake columns. Everything runs on the model's device; only
-scalars come back.
+scalars come back. On CUDA the hook passes in weight entropy and effective
+rank computed one step earlier on a side stream (``AsyncWeightMetrics``).
 """
 
 from __future__ import annotations
@@ -48,27 +49,46 @@ class SymbioMetricsCollector:
         if loss is not None and loss == loss:  # skip NaN
             self.recent_losses.append(float(loss))
 
+    @property
+    def needs_entropy(self) -> bool:
+        """Whether some enabled metric needs the weight entropy."""
+        cfg = self.config
+        return cfg.track_weight_entropy or cfg.track_free_energy or cfg.complexity_mode == "entropy"
+
+    @property
+    def needs_rank(self) -> bool:
+        """Whether some enabled metric needs the effective rank."""
+        cfg = self.config
+        return cfg.track_effective_rank or cfg.complexity_mode == "mdl"
+
+    @torch.no_grad()
+    def weight_metrics(self, model: nn.Module) -> tuple[float | None, float | None]:
+        """``(weight_entropy, effective_rank)`` of ``model`` now, ``None`` where not needed."""
+        entropy = weight_entropy(model.parameters()) if self.needs_entropy else None
+        rank = effective_rank(model) if self.needs_rank else None
+        return entropy, rank
+
     @torch.no_grad()
     def collect(
         self,
         model: nn.Module,
         loss: float,
         autocast: Callable[[], Any] | None = None,
+        weights: tuple[float | None, float | None] | None = None,
     ) -> dict[str, Any]:
-        """The enabled sparse metrics for ``model`` at a step with training ``loss``."""
+        """The enabled sparse metrics for ``model`` at a step with training ``loss``.
+
+        ``weights``: ``(entropy, rank)`` computed elsewhere (e.g. on a side CUDA
+        stream by ``AsyncWeightMetrics``); by default computed here, synchronously.
+        """
         cfg = self.config
         out: dict[str, Any] = {}
-        entropy = rank = None
-        needs_entropy = cfg.track_weight_entropy or cfg.track_free_energy
-        if needs_entropy or cfg.complexity_mode == "entropy":
-            entropy = weight_entropy(model.parameters())
-        if cfg.track_effective_rank or cfg.complexity_mode == "mdl":
-            rank = effective_rank(model)
+        entropy, rank = weights if weights is not None else self.weight_metrics(model)
         if cfg.track_weight_entropy:
             out["weight_entropy"] = entropy
         if cfg.track_effective_rank:
             out["effective_rank"] = rank
-        if cfg.track_free_energy:
+        if cfg.track_free_energy and entropy is not None:
             out["free_energy"] = free_energy(loss, entropy, cfg.free_energy_beta)
         if cfg.track_population_metrics:
             out["population_entropy"] = loss_window_entropy(self.recent_losses)
