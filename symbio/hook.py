@@ -11,7 +11,11 @@ this order:
    and tokens/s monitors (the new batch size shifts those signals by design);
 3. every ``metricsInterval`` steps: the sparse metrics (weight entropy,
    effective rank, free energy, population entropy, activation distribution,
-   complexity, MI profiles when enabled);
+   complexity, MI profiles when enabled). On CUDA, weight entropy and
+   effective rank are launched one step earlier on a side stream
+   (``AsyncWeightMetrics``) and read at the metrics step: they describe the
+   weights after the previous step's update. Without a pending result (first
+   collection after a resume, a failed launch) they are computed synchronously;
 4. on eval steps: ``fitness_score`` from the best val loss so far, mean
    throughput and the running instability score;
 5. in search mode: the candidate's fields on every row.
@@ -30,6 +34,7 @@ import torch
 
 from model.hooks import TrainerHook
 from symbio.config import SymbioConfig
+from symbio.metrics.async_weights import AsyncWeightMetrics
 from symbio.metrics.collector import SymbioMetricsCollector
 from symbio.metrics.fitness import InstabilityTracker, fitness
 from symbio.metrics.mi import MIProbe
@@ -57,7 +62,17 @@ CANDIDATE_KEYS = frozenset(
 class SymbioHook(TrainerHook):
     """CUSUM, adaptive batch and symbio metrics for one run or one search candidate."""
 
-    def __init__(self, config: SymbioConfig, *, candidate: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        config: SymbioConfig,
+        *,
+        candidate: dict[str, Any] | None = None,
+        async_weights: bool = True,
+        cuda_graph: bool = True,
+    ) -> None:
+        """``async_weights``/``cuda_graph``: on CUDA, compute weight entropy and rank on a
+        side stream one step ahead (``cuda_graph``: replayed from a CUDA graph); off,
+        they are computed synchronously at the metrics step as on CPU."""
         unknown = set(candidate or {}) - CANDIDATE_KEYS
         if unknown:
             raise ValueError(f"SymbioHook: unknown candidate fields {sorted(unknown)}")
@@ -70,6 +85,10 @@ class SymbioHook(TrainerHook):
         self.best_val_loss = math.inf
         self._tps_sum = 0.0
         self._tps_n = 0
+        self.async_weights = async_weights
+        self.cuda_graph = cuda_graph
+        self.weights_async: AsyncWeightMetrics | None = None
+        self._last_step: int | None = None
 
     # -- TrainerHook -----------------------------------------------------------
 
@@ -98,18 +117,27 @@ class SymbioHook(TrainerHook):
             n_layer=mcfg.n_layer,
             probe=self._make_probe(trainer) if cfg.track_mi_profiles else None,
         )
+        self._close_async()
+        self.weights_async = self._make_async(trainer)
+        self._last_step = getattr(trainer, "step_offset", 0) + tcfg.iters
 
     def on_step_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         out = self.dashboard.update(row)
         out.update(self._adapt_batch(trainer, out["cusum_alerts"]))
         self._track(row)
         step = row.get("step", trainer.step)
-        if self.collector is not None and step % self.config.metrics_interval == 0:
+        interval = self.config.metrics_interval
+        if self.collector is not None and step % interval == 0:
             out.update(self._collect(trainer, row))
+        if self.weights_async is not None and (step + 1) % interval == 0:
+            self._launch_async(step)
         if row.get("val_loss") is not None:
             out["fitness_score"] = self._fitness()
         out.update(self.candidate)
         row.update(_finite_only(out))
+
+    def on_train_end(self, trainer: Trainer, result: Any) -> None:
+        self._close_async()
 
     # -- steps -----------------------------------------------------------------
 
@@ -127,12 +155,41 @@ class SymbioHook(TrainerHook):
     def _collect(self, trainer: Trainer, row: dict[str, Any]) -> dict[str, Any]:
         """The sparse metrics; a failure is logged, never fatal to the training run."""
         try:
+            weights = self.weights_async.result() if self.weights_async is not None else None
             return self.collector.collect(
-                trainer.model, _or_nan(row.get("loss")), trainer.autocast
+                trainer.model, _or_nan(row.get("loss")), trainer.autocast, weights
             )
         except (RuntimeError, ValueError) as exc:  # e.g. CUDA OOM in a decomposition
             log.warning("symbio: metrics at step %s failed: %s", row.get("step"), exc)
             return {}
+
+    def _make_async(self, trainer: Trainer) -> AsyncWeightMetrics | None:
+        collector = self.collector
+        if not self.async_weights or trainer.device.type != "cuda":
+            return None
+        if not (collector.needs_entropy or collector.needs_rank):
+            return None
+        return AsyncWeightMetrics(
+            trainer.model,
+            entropy=collector.needs_entropy,
+            rank=collector.needs_rank,
+            use_graph=self.cuda_graph,
+        )
+
+    def _launch_async(self, step: int) -> None:
+        """Start next step's weight metrics on the side stream; on failure go synchronous."""
+        if self._last_step is not None and step >= self._last_step:
+            return  # no metrics step follows
+        try:
+            self.weights_async.launch()
+        except RuntimeError as exc:
+            log.warning("symbio: async weight metrics off after step %s: %s", step, exc)
+            self.weights_async = None
+
+    def _close_async(self) -> None:
+        if self.weights_async is not None:
+            self.weights_async.close()
+            self.weights_async = None
 
     def _track(self, row: dict[str, Any]) -> None:
         loss = row.get("loss")

@@ -57,9 +57,7 @@ def entropy_of_flat(flat: torch.Tensor, bins: int = ENTROPY_BINS, *, inplace: bo
 
 
 @torch.no_grad()
-def weight_entropy_tensor(
-    params: Iterable[torch.Tensor], bins: int = ENTROPY_BINS
-) -> torch.Tensor:
+def weight_entropy_tensor(params: Iterable[torch.Tensor], bins: int = ENTROPY_BINS) -> torch.Tensor:
     """Shannon entropy (bits) of the histogram of |w| over all parameters, as a 0-d tensor.
 
     ``bins`` uniform bins on ``[0, max |w|]`` over every element of every
