@@ -169,12 +169,18 @@ class SymbioHook(TrainerHook):
             return None
         if not (collector.needs_entropy or collector.needs_rank):
             return None
-        return AsyncWeightMetrics(
-            trainer.model,
-            entropy=collector.needs_entropy,
-            rank=collector.needs_rank,
-            use_graph=self.cuda_graph,
-        )
+        try:
+            metrics = AsyncWeightMetrics(
+                trainer.model,
+                entropy=collector.needs_entropy,
+                rank=collector.needs_rank,
+                use_graph=self.cuda_graph,
+            )
+            metrics.prepare()  # one-time graph capture, before the first step
+            return metrics
+        except (RuntimeError, ValueError) as exc:
+            log.warning("symbio: async weight metrics unavailable (%s); synchronous", exc)
+            return None
 
     def _launch_async(self, step: int) -> None:
         """Start next step's weight metrics on the side stream; on failure go synchronous."""
@@ -188,7 +194,10 @@ class SymbioHook(TrainerHook):
 
     def _close_async(self) -> None:
         if self.weights_async is not None:
-            self.weights_async.close()
+            try:
+                self.weights_async.close()
+            except RuntimeError as exc:  # on_train_end must not raise
+                log.warning("symbio: closing async weight metrics failed: %s", exc)
             self.weights_async = None
 
     def _track(self, row: dict[str, Any]) -> None:

@@ -257,19 +257,7 @@ def run_summary(
         "error": getattr(outcome, "error", None),
     }
     if result is not None:
-        for key in (
-            "steps",
-            "last_loss",
-            "best_val_loss",
-            "final_val_loss",
-            "tokens_per_sec_mean",
-            "ms_per_iter_median",
-            "mfu",
-            "param_count",
-            "n_spike_skips",
-            "n_nan_skips",
-            "elapsed_s",
-        ):
+        for key in _RESULT_KEYS:
             summary[key] = getattr(result, key, None)
     if winner:
         summary["winner"] = dict(winner)
@@ -288,8 +276,8 @@ def _mode(resolved: ResolvedRun) -> str:
     return f"symbio ({resolved.search_mode})" if is_search(resolved) else "symbio"
 
 
-_FINAL_KEYS = (
-    "status",
+#: TrainResult attributes copied into the run summary.
+_RESULT_KEYS = (
     "steps",
     "last_loss",
     "best_val_loss",
@@ -301,9 +289,8 @@ _FINAL_KEYS = (
     "n_spike_skips",
     "n_nan_skips",
     "elapsed_s",
-    "metric_rows",
-    "rows_quarantined",
 )
+_FINAL_KEYS = ("status", *_RESULT_KEYS, "metric_rows", "rows_quarantined")
 
 
 def final_metrics(summary: dict[str, Any]) -> dict[str, Any]:

@@ -112,6 +112,29 @@ def test_tied_embeddings_and_scaled_residual_init() -> None:
     assert other.std().item() == pytest.approx(0.02, rel=0.1)
 
 
+def test_init_matches_nanogpt() -> None:
+    """Both embeddings start at N(0, 0.02) and there are no biases anywhere (bias=False)."""
+    torch.manual_seed(0)
+    model = GPT(_cfg("gelu", n_embd=64, n_head=4, vocab_size=50, block_size=64))
+    assert model.wpe.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert model.wte.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert not [n for n, _ in model.named_parameters() if n.endswith("bias")]
+
+
+def test_optimizer_groups_decay_matrices_and_embeddings_only() -> None:
+    """nanoGPT's groups: every >= 2-D tensor (tied wte once, wpe) decays; norms do not."""
+    model = GPT(_cfg("gelu"))
+    decay, no_decay = model.optimizer_groups(0.1)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert {"wte.weight", "wpe.weight", "blocks.0.attn.c_attn.weight"} <= decayed
+    assert {names[id(p)] for p in no_decay["params"]} == {
+        n for n in names.values() if n.startswith("ln") or ".ln_" in n
+    }
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+
+
 def test_forward_is_causal_and_loss_near_uniform() -> None:
     torch.manual_seed(0)
     model = GPT(_cfg("swiglu")).eval()

@@ -258,3 +258,28 @@ def test_adaptive_batch_does_not_recompile_under_torch_compile(tmp_path) -> None
     # at most: the first (static) graph, one dynamic-batch graph after the first
     # resize, one graph for the final eval (no_grad) -- however many resizes follow
     assert counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])
+
+
+class WeightsNow(TrainerHook):
+    """Weight metrics of the model as the symbio hook sees it (runs after SymbioHook)."""
+
+    def __init__(self) -> None:
+        self.values: dict[int, tuple[float, float]] = {}
+
+    def on_step_end(self, trainer, row) -> None:
+        from symbio.metrics import effective_rank, weight_entropy
+
+        model = trainer.model
+        self.values[row["step"]] = (weight_entropy(model.parameters()), effective_rank(model))
+
+
+def test_on_cpu_weight_metrics_are_synchronous_and_of_the_current_step(tmp_path) -> None:
+    cfg = SymbioConfig(metrics_interval=4, adaptive_batch=False, track_mi_profiles=False)
+    hook = SymbioHook(cfg)
+    now = WeightsNow()
+    _, rows = train(tiny(tmp_path, iters=9), [hook, now])
+    assert hook.weights_async is None  # the side-stream path is CUDA only
+    for step in (4, 8):
+        row = rows[step - 1]
+        assert (row["weight_entropy"], row["effective_rank"]) == now.values[step]
+        assert row["weight_entropy"] != now.values[step - 1][0]  # no lag: this step's weights

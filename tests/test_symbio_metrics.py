@@ -267,3 +267,78 @@ def test_matmul_only_rank_counting_matches_the_eigensolver() -> None:
     assert effective_rank(model, method="sign") == effective_rank(model, method="eigh")
     with pytest.raises(ValueError):
         effective_rank(model, method="svd-ish")
+
+
+# -- device-tensor versions (no host sync) and the matrix-sign rank --------------------
+
+
+def test_tensor_versions_equal_the_float_versions() -> None:
+    from symbio.metrics.weights import effective_rank_tensor, weight_entropy_tensor
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(24, 40), nn.GELU(), nn.Linear(40, 12))
+    h = weight_entropy_tensor(model.parameters())
+    r = effective_rank_tensor(model)
+    assert h.dim() == 0 and r.dim() == 0 and r.dtype == torch.float64
+    assert float(h) == weight_entropy(model.parameters())
+    assert float(r) == effective_rank(model) == 18.0  # both full rank: (24 + 12) / 2
+    assert float(weight_entropy_tensor([])) == 0.0
+    assert float(effective_rank_tensor([torch.randn(3)])) == 0.0
+
+
+def test_weight_entropy_is_zero_for_non_finite_weights() -> None:
+    assert weight_entropy([torch.tensor([1.0, float("inf")])]) == 0.0
+    assert weight_entropy([torch.tensor([1.0, float("nan"), 2.0])]) == 0.0
+
+
+def test_weight_entropy_counts_are_exact_across_histogram_chunks(monkeypatch) -> None:
+    import symbio.metrics.weights as weights
+
+    torch.manual_seed(5)
+    params = [torch.randn(40, 30), torch.rand(77)]
+    whole = weight_entropy(params)
+    monkeypatch.setattr(weights, "_HIST_CHUNK", 7)  # many histc calls, counts summed
+    assert weight_entropy(params) == pytest.approx(whole, abs=1e-12)
+
+
+def _with_singular_values(s: torch.Tensor, m: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    k = s.numel()
+    u, _ = torch.linalg.qr(torch.randn(m, k, dtype=torch.float64, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(k, k, dtype=torch.float64, generator=g))
+    return u @ torch.diag(s) @ v.T
+
+
+@pytest.mark.parametrize("offset", [-1e-4, 1e-4])
+def test_sign_rank_agrees_with_eigh_next_to_the_threshold(offset: float) -> None:
+    # a spread spectrum (1 .. 1e-4 of the top) with one value 1e-4 (relative) from 1 %
+    s = torch.logspace(0, -4, 48, dtype=torch.float64)
+    s = s[(s - 0.01).abs() > 0.002]
+    s = torch.cat([s, torch.tensor([0.01 * (1 + offset)], dtype=torch.float64)])
+    w = _with_singular_values(s, 60, seed=7)
+    expected = int((s > 0.01).sum())
+    assert matrix_effective_rank(w, method="eigh") == expected
+    assert matrix_effective_rank(w, method="sign") == expected
+
+
+def test_sign_rank_matches_eigh_on_a_model_and_in_batches() -> None:
+    torch.manual_seed(6)
+    mats = [torch.randn(32, 48), torch.randn(48, 32), torch.randn(32, 32) * 5]
+    mats.append(torch.outer(torch.randn(32), torch.randn(32)))  # rank 1
+    mats.append(torch.zeros(32, 32))  # rank 0
+    assert effective_rank(mats, method="sign") == effective_rank(mats, method="eigh")
+    from symbio.metrics.weights import SIGN_SCHEDULE
+
+    assert len(SIGN_SCHEDULE) < 32  # the scaled iteration: about half plain Newton-Schulz
+
+
+def test_collector_uses_weight_metrics_passed_in() -> None:
+    cfg = SymbioConfig(metrics_interval=5, track_mi_profiles=False, free_energy_beta=0.5)
+    coll = SymbioMetricsCollector(cfg, param_count=1000, activation="gelu", n_layer=2)
+    model = nn.Sequential(nn.Linear(8, 8))
+    out = coll.collect(model, 2.0, weights=(3.0, 7.0))
+    assert out["weight_entropy"] == 3.0 and out["effective_rank"] == 7.0
+    assert out["free_energy"] == pytest.approx(2.0 + 0.5 * 3.0)
+    direct = coll.collect(model, 2.0)
+    assert direct["weight_entropy"] == weight_entropy(model.parameters())
+    assert direct["effective_rank"] == effective_rank(model) == 8.0

@@ -9,16 +9,18 @@ next training step; at the metrics step ``result()`` waits for it (usually
 long done) and returns two floats. So the reported values describe the weights
 at the end of the previous step (one optimizer step of lag).
 
-Snapshot and computation are captured once into two CUDA graphs (parameters
-have static addresses): a launch costs two graph replays and one small
-device-to-host copy instead of hundreds of kernel launches. If capture fails,
-the same work runs eagerly on the side stream (logged once).
+Snapshot and computation are captured once into CUDA graphs (parameters
+have static addresses): a launch costs three graph replays and two small
+device-to-host copies instead of hundreds of kernel launches. A stage whose
+capture fails (snapshot, rank, entropy: captured separately) runs eagerly on
+the side stream instead (logged at info).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,6 +34,37 @@ from symbio.metrics.weights import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class _Stage:
+    """One step of the pipeline: eager ``fn`` or its CUDA graph and static output."""
+
+    def __init__(self, name: str, fn: Callable[[], torch.Tensor | None]) -> None:
+        self.name = name
+        self.fn = fn
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: torch.Tensor | None = None
+
+    def capture(self, side: torch.cuda.Stream, main: torch.cuda.Stream, pool: Any) -> None:
+        """Capture ``fn`` after a warm-up run on ``side`` (as torch requires); eager if it fails."""
+        try:
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                self.fn()
+            main.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="thread_local"):
+                out = self.fn()
+        except Exception as exc:  # noqa: BLE001 - any capture failure: run eagerly instead
+            log.info("symbio: CUDA graph capture of %s failed (%s); eager", self.name, exc)
+            return
+        self.graph, self.out = graph, out
+
+    def run(self) -> torch.Tensor | None:
+        if self.graph is None:
+            return self.fn()
+        self.graph.replay()
+        return self.out
 
 
 class AsyncWeightMetrics:
@@ -63,12 +96,21 @@ class AsyncWeightMetrics:
         self.flat.record_stream(self.side)  # used on both streams: freed only when both are done
         self._views = self._linear_views(model)
         self._host = torch.empty(2, dtype=torch.float64, pin_memory=True)
-        self._snapshot_graph: torch.cuda.CUDAGraph | None = None
-        self._compute_graph: torch.cuda.CUDAGraph | None = None
-        self._out: torch.Tensor | None = None
-        self._ready = False  # graphs captured (or eager mode chosen)
+        # rank before entropy: the entropy stage overwrites the snapshot with |w| / max|w|
+        self._snapshot = _Stage("snapshot", self._copy_params)
+        self._stages = [
+            _Stage("effective_rank", self._rank) if rank and self._views else None,
+            _Stage("weight_entropy", self._entropy) if entropy else None,
+        ]
+        self._ready = False
         self.pending = False
-        self.mode = "graph" if use_graph else "eager"
+
+    @property
+    def mode(self) -> str:
+        """``graph`` (all stages replayed from CUDA graphs), ``eager`` or ``partial``."""
+        stages = [self._snapshot] + [s for s in self._stages if s is not None]
+        graphed = [s.graph is not None for s in stages]
+        return "graph" if all(graphed) else "eager" if not any(graphed) else "partial"
 
     # -- public ------------------------------------------------------------------
 
@@ -77,21 +119,15 @@ class AsyncWeightMetrics:
         """Snapshot the current weights and start computing on the side stream."""
         main = torch.cuda.current_stream(self.device)
         if not self._ready:
-            self._prepare(main)
+            self.prepare()
         self.side.wait_stream(main)  # after the optimizer step queued so far
         with torch.cuda.stream(self.side):
-            if self._snapshot_graph is not None:
-                self._snapshot_graph.replay()
-            else:
-                self._snapshot()
+            self._snapshot.run()
             self.copied.record(self.side)
             main.wait_event(self.copied)  # the next optimizer step waits for the copy only
-            if self._compute_graph is not None:
-                self._compute_graph.replay()
-                out = self._out
-            else:
-                out = self._compute()
-            self._host.copy_(out, non_blocking=True)
+            for i, stage in enumerate(self._stages):
+                if stage is not None:
+                    self._host[1 - i].copy_(stage.run(), non_blocking=True)
             self.done.record(self.side)
         self.pending = True
 
@@ -102,6 +138,7 @@ class AsyncWeightMetrics:
         self.pending = False
         self.done.synchronize()
         entropy, rank = self._host.tolist()
+        rank = rank if self._stages[0] is not None else 0.0
         return (
             entropy + 0.0 if self.want_entropy else None,
             rank if self.want_rank else None,
@@ -127,48 +164,33 @@ class AsyncWeightMetrics:
             views.append(self.flat[start : start + w.numel()].view(w.shape))
         return views
 
-    def _snapshot(self) -> None:
+    def _copy_params(self) -> None:
         if all(p.dtype == torch.float32 for p in self.params):
             torch.cat([p.detach().reshape(-1) for p in self.params], out=self.flat)
         else:
             torch.cat([p.detach().reshape(-1).float() for p in self.params], out=self.flat)
 
-    def _compute(self) -> torch.Tensor:
-        """``[entropy, rank]`` (float64) from the snapshot; rank first: entropy overwrites it."""
-        zero = torch.zeros((), dtype=torch.float64, device=self.device)
-        rank = zero
-        if self.want_rank and self._views:
-            rank = effective_rank_tensor(self._views, self.threshold, method="sign")
-        entropy = entropy_of_flat(self.flat, self.bins, inplace=True) if self.want_entropy else zero
-        return torch.stack([entropy, rank.to(self.device)])
+    def _rank(self) -> torch.Tensor:
+        return effective_rank_tensor(self._views, self.threshold, method="sign")
 
-    def _prepare(self, main: torch.cuda.Stream) -> None:
-        """Capture the two graphs once (warm-up on the side stream first); else go eager."""
+    def _entropy(self) -> torch.Tensor:
+        return entropy_of_flat(self.flat, self.bins, inplace=True)
+
+    @torch.no_grad()
+    def prepare(self) -> None:
+        """Capture the stages into CUDA graphs (once; each falls back to eager on its own).
+
+        Called by the first ``launch()`` unless called before (the hook does, at
+        the start of training, to keep the one-time capture out of the step loop).
+        """
+        if self._ready:
+            return
         self._ready = True
         if not self.use_graph:
             return
-        try:
-            self._snapshot_graph = _capture(self._snapshot, self.side, main)
-            out_holder: list[torch.Tensor] = []
-            self._compute_graph = _capture(
-                lambda: out_holder.append(self._compute()), self.side, main
-            )
-            self._out = out_holder[-1]
-        except Exception as exc:  # noqa: BLE001 - any capture failure: run eagerly instead
-            self._snapshot_graph = self._compute_graph = self._out = None
-            self.mode = "eager"
-            log.info("symbio: CUDA graph capture of the weight metrics failed (%s); eager", exc)
-
-
-def _capture(
-    fn: Callable[[], object], side: torch.cuda.Stream, main: torch.cuda.Stream
-) -> torch.cuda.CUDAGraph:
-    """``fn`` captured into a CUDA graph, after a warm-up run on ``side`` (as torch requires)."""
-    side.wait_stream(main)
-    with torch.cuda.stream(side):
-        fn()
-    main.wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
-        fn()
-    return graph
+        main = torch.cuda.current_stream(self.device)
+        self._snapshot.capture(self.side, main, None)
+        pool = torch.cuda.graph_pool_handle()
+        for stage in self._stages:
+            if stage is not None:
+                stage.capture(self.side, main, pool)
