@@ -22,6 +22,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from symbio.search.loop import GenerationResult
+from tasks.notify import NotifyHook, notifier_from_env
 from tasks.resolve import ResolvedRun
 from tasks.search_runner import (
     SearchOutcome,
@@ -73,15 +74,21 @@ def search_flow(
 ) -> SearchOutcome:
     """Generations of spawn -> train (per candidate) -> rank -> mutate, as task runs."""
     key = artifact_key(resolved.run_id)
-    outcome = run_search(
-        resolved,
-        lake_url=lake_url,
-        progress=False,
-        executor=PrefectExecutor(slots),
-        flow_run_id=flow_run_id or flow_run.get_id(),
-        use_lake=use_lake,
-        on_generation=lambda gen: _publish_generation(gen),
-    )
+    notifier = notifier_from_env()  # CUSUM alerts of every candidate, throttled per signal
+    try:
+        outcome = run_search(
+            resolved,
+            lake_url=lake_url,
+            progress=False,
+            executor=PrefectExecutor(slots),
+            flow_run_id=flow_run_id or flow_run.get_id(),
+            use_lake=use_lake,
+            on_generation=lambda gen: _publish_generation(gen),
+            extra_hooks=(NotifyHook(notifier),) if notifier is not None else (),
+        )
+    finally:
+        if notifier is not None:
+            notifier.close()
     publish_artifacts(outcome, key)
     return outcome
 

@@ -35,6 +35,11 @@ RUN_STATUSES = ("running", "completed", "failed", "cancelled")
 CUSUM_GRAD, CUSUM_CLIP, CUSUM_TPS, CUSUM_VAL = 0x01, 0x02, 0x04, 0x08
 CUSUM_BITS = {"grad": CUSUM_GRAD, "clip": CUSUM_CLIP, "tps": CUSUM_TPS, "val": CUSUM_VAL}
 
+#: ``metrics.event`` values of a step whose loss was not finite: the engine skipped
+#: the optimizer step and reports ``loss`` as null. The gate requires a non-null
+#: ``loss`` on every other row.
+NAN_SKIP_EVENTS = ("nan_skip", "nan_skip,checkpoint")
+
 #: Values of ``metrics.batch_change_reason`` (PRD §8.10).
 BATCH_CHANGE_REASONS = ("cusum_grad", "cusum_clip", "cusum_tps", "restore")
 
@@ -62,7 +67,7 @@ METRICS_COLUMNS: tuple[Column, ...] = (
     _c(
         "step", INT, 1, "global step; unique per run (search candidates are offset)", nullable=False
     ),
-    _c("loss", REAL, 1, "training loss of the step", nullable=False),
+    _c("loss", REAL, 1, "training loss; null only on a nan_skip step (see NAN_SKIP_EVENTS)"),
     _c("val_loss", REAL, 1, "validation loss, on eval steps only"),
     _c("lr", REAL, 1, "learning rate used by the step"),
     _c("grad_norm", REAL, 1, "global gradient L2 norm before clipping"),

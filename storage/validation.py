@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 
 from storage.schema import (
     INT,
+    NAN_SKIP_EVENTS,
     REAL,
     TEXT,
     TS,
@@ -350,6 +351,8 @@ def _build_validation(names: list[str], batch_bounds: tuple[int, int] | None):
 
 
 def _expectations(gx: Any, names: list[str], batch_bounds: tuple[int, int] | None) -> list:
+    from great_expectations.expectations.row_conditions import Column as GxColumn
+
     E = gx.expectations
     exps = [
         E.ExpectTableColumnsToMatchSet(column_set=[*names, NONFINITE], exact_match=True),
@@ -360,6 +363,12 @@ def _expectations(gx: Any, names: list[str], batch_bounds: tuple[int, int] | Non
     exps += [
         E.ExpectColumnValuesToNotBeNull(column=c.name) for c in columns("metrics") if not c.nullable
     ]
+    # loss may be null only where the engine recorded a non-finite loss (a nan_skip step)
+    exps.append(
+        E.ExpectColumnValuesToNotBeNull(
+            column="loss", row_condition=GxColumn("event").is_not_in(list(NAN_SKIP_EVENTS))
+        )
+    )
     exps.append(E.ExpectColumnValuesToBeInSet(column=NONFINITE, value_set=[""]))
     exps += [
         E.ExpectColumnValuesToBeBetween(column="clip_coef", min_value=0, max_value=1),

@@ -1,6 +1,7 @@
 """The one code path that trains a resolved run, used by ``alpha train`` and the flow.
 
-Single run: ``hooks = [SymbioHook (symbio on, no search), LakeHook] + extra_hooks``.
+Single run: ``hooks = [SymbioHook (symbio on, no search), LakeHook] + extra_hooks``;
+a search gives every candidate ``[SymbioHook, LakeHook] + extra_hooks``.
 The lake is opened before anything else, so a bad lake URL or missing
 credentials fail with one line before training starts. Symbio with
 ``searchMode = "ffn-activation-search"`` hands over to the search runner.
@@ -65,7 +66,7 @@ def execute(
         # ---- FFN activation search: symbio/search owns this branch -----------------
         from tasks.search_runner import run_search
 
-        return run_search(resolved, lake_url=lake.url, progress=progress)
+        return run_search(resolved, lake_url=lake.url, progress=progress, extra_hooks=extra_hooks)
         # ---- end of the search branch ----------------------------------------------
 
     from model.trainer import Trainer

@@ -29,7 +29,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -194,10 +194,12 @@ class CandidateTrainer:
         sink: Any | None,
         progress: bool,
         run_meta: dict[str, Any],
+        extra_hooks: Sequence[TrainerHook] = (),
     ) -> None:
         self.base, self.symbio, self.run_id = base, symbio, run_id
         self.run_dir, self.steps, self.sink = run_dir, steps, sink
         self.progress, self.run_meta = progress, run_meta
+        self.extra_hooks = tuple(extra_hooks)
         self._print_lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -218,6 +220,7 @@ class CandidateTrainer:
             from storage.sink import LakeHook
 
             hooks.append(LakeHook(self.sink, run_row=None))
+        hooks.extend(self.extra_hooks)  # e.g. notifications, after the rows are complete
         out = CandidateResult(c, steps=0, step_offset=offset, run_dir=str(folder))
         t0 = time.perf_counter()
         try:
@@ -319,6 +322,7 @@ def run_search(
     use_lake: bool = True,
     on_generation: Callable[[GenerationResult], None] | None = None,
     slots: int | None = None,
+    extra_hooks: Sequence[TrainerHook] = (),
 ) -> SearchOutcome:
     """Run the FFN activation search of ``resolved`` and write its artifacts.
 
@@ -341,6 +345,7 @@ def run_search(
         progress=progress and n_slots == 1,  # one progress bar at a time
         flow_run_id=flow_run_id,
         on_generation=on_generation,
+        extra_hooks=extra_hooks,
     )
     return search.run()
 
@@ -360,8 +365,10 @@ class _Search:
         progress: bool,
         flow_run_id: str | None,
         on_generation: Callable[[GenerationResult], None] | None,
+        extra_hooks: Sequence[TrainerHook] = (),
     ) -> None:
         self.resolved = resolved
+        self.extra_hooks = tuple(extra_hooks)
         self.cfg: TrainConfig = resolved.train
         self.symbio: SymbioConfig = resolved.symbio_config
         self.run_id: str = resolved.run_id
@@ -446,6 +453,7 @@ class _Search:
             sink=self.sink,
             progress=self.progress,
             run_meta=self.resolved.run_meta(),
+            extra_hooks=self.extra_hooks,
         )
 
     def _generation_done(self, gen: GenerationResult) -> None:

@@ -94,3 +94,29 @@ def test_a_seeded_search_is_reproducible(tmp_path, monkeypatch):
         )
     assert traces[0] == traces[1]
     assert all(t[3] is not None for t in traces[0])
+
+
+def test_extra_hooks_see_every_candidates_complete_rows(tmp_path, monkeypatch):
+    """Notifiers plug in as extra hooks: they run per candidate, after the symbio fields."""
+    from model.hooks import TrainerHook
+
+    class Seen(TrainerHook):
+        def __init__(self) -> None:
+            self.rows: list[dict] = []
+
+        def on_step_end(self, trainer, row):
+            self.rows.append(dict(row))
+
+    monkeypatch.setenv("ALPHA_SEARCH_PROBE_STEPS", "0")
+    resolved = _resolved(
+        tmp_path,
+        {"activationPool": ["gelu", "silu"], "populationSize": 2, "generations": 1,
+         "stepsPerCandidate": 4},
+    )  # fmt: skip
+    seen = Seen()
+    outcome = run_search(resolved, use_lake=False, progress=False, extra_hooks=(seen,))
+
+    assert outcome.status == "completed"
+    assert len(seen.rows) == 8
+    assert {r["symbio_candidate_activation"] for r in seen.rows} == {"gelu", "silu"}
+    assert all("cusum_alerts" in r for r in seen.rows)

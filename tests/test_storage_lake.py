@@ -192,13 +192,17 @@ def test_corrupted_batch_lands_valid_rows_and_quarantines_the_rest(tmp_path):
         11: dict(loss="abc"),
         12: dict(run_id="someone-else"),
     }
+    # a NaN-skip step: the engine reports the non-finite loss as null; it lands
+    nan_step = {13: dict(loss=None, grad_norm=None, event="nan_skip")}
     for step in range(1, 21):
-        sink.put(_row(step, **bad.get(step, {})))
+        sink.put(_row(step, **bad.get(step, nan_step.get(step, {}))))
     sink.put(_row(20))  # a duplicate (run_id, step) inside the batch
     stats = sink.close()
 
     good = reader.run_metrics(lake, "r1")
     assert good["step"].to_list() == [1, 2, *range(13, 20)]
+    landed_nan = good.filter(good["step"] == 13).row(0, named=True)
+    assert landed_nan["loss"] is None and landed_nan["event"] == "nan_skip"
     q = ds.dataset(str(tmp_path / "lake" / "quarantine" / "metrics"), partitioning="hive")
     q = q.to_table().to_pylist()
     assert stats.rows_landed + stats.rows_quarantined == 21 == len(good) + len(q)
