@@ -159,6 +159,8 @@ def test_runs_list_shows_progress_of_running_runs(lake) -> None:
     assert rows["live-0001"]["progress"] == pytest.approx(60 / 5000)
     assert rows["symbio-0001"]["symbio"] == "Symbio" and rows["plain-0001"]["symbio"] == ""
     assert rows["search-0001"]["symbio"] == "Symbio · search"
+    assert rows["search-0001"]["activation"].endswith("(winner)")
+    assert "winner" not in rows["symbio-0001"]["activation"]
     assert rows["plain-0001"]["run"] == "[plain-0001](/runs/plain-0001)"
 
 

@@ -54,6 +54,11 @@ def table_rows(lake: Lake, runs: pl.DataFrame) -> list[dict[str, Any]]:
         activation = r.get("ffn_activation") or data.parse_json(r.get("model_config")).get(
             "ffn_activation"
         )
+        winner = data.parse_json(r.get("symbio_winner")).get("activation")
+        label = theme.activation_label(activation) if activation else ""
+        if winner:  # a finished search: the activation it recommends
+            best = theme.activation_label(winner)
+            label = f"{best} (winner)" if winner == activation else f"{label} → {best} (winner)"
         mode = r.get("symbio_mode")
         rows.append(
             {
@@ -61,7 +66,7 @@ def table_rows(lake: Lake, runs: pl.DataFrame) -> list[dict[str, Any]]:
                 "run": f"[{run_id.replace('_', chr(92) + '_')}](/runs/{run_id})",
                 "status": r.get("status") or "",
                 "domain": r.get("domain") or "",
-                "activation": theme.activation_label(activation) if activation else "",
+                "activation": label,
                 "symbio": ("Symbio" + (" · search" if mode and mode != "none" else ""))
                 if data.is_symbio(r)
                 else "",
