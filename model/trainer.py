@@ -254,7 +254,7 @@ class Trainer:
             "resumed_from": str(self.ckpt.path) if self.ckpt else None,
             "start_step": self.start_step,
             "step_offset": self.step_offset,
-            "run_meta": self.run_meta,
+            **self.run_meta,  # e.g. symbio, symbio_config (the resolved symbio section), symbio_mode
         }
 
     # -- hook-facing API ----------------------------------------------------------

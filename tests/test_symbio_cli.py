@@ -211,7 +211,7 @@ def test_alpha_train_symbio_end_to_end(tmp_path, capsys, corpus) -> None:
 
     config = json.loads((run_dir / "config.json").read_text())
     assert config["ffn_activation"] == "swiglu" and config["lr"] == 1e-3
-    meta = config["run_meta"]
+    meta = config  # the symbio section sits at the top level of config.json
     assert meta["symbio"] is True and meta["symbio_mode"] == "none"
     assert meta["symbio_config"]["trackMIProfiles"] is True
     assert meta["symbio_config"]["cusumSensitivity"] == 4.0
@@ -255,4 +255,4 @@ def test_plain_run_never_imports_symbio_and_rows_carry_no_symbio_fields(tmp_path
     assert all(not SYMBIO_METRIC_COLUMNS & set(r) for r in rows)
     assert all("clip_coef" in r and "clip_pct" in r for r in rows)  # clip telemetry: all runs
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["ffn_activation"] == "silu" and config["run_meta"]["symbio"] is False
+    assert config["ffn_activation"] == "silu" and config["symbio"] is False
