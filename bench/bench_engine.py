@@ -6,9 +6,9 @@ char-level on ``--data`` with a 90/10 split, lr 1e-3 -> 1e-4 (cosine, 100 warmup
 iters), AdamW beta2 0.99, weight decay 0.1, grad clip 1.
 
     # on a GPU machine (the reference: ~12 ms/iter eager on an H200, val loss 1.295 @ 5000)
-    python bench/bench_engine.py --data ../shared/data/shakespeare.txt
+    python bench/bench_engine.py --data path/to/shakespeare.txt
     # the val loss over three seeds (mean, std): is a gap to the reference seed noise?
-    python bench/bench_engine.py --data ../shared/data/shakespeare.txt --skip-speed --repeats 3
+    python bench/bench_engine.py --data path/to/shakespeare.txt --skip-speed --repeats 3
     # CPU smoke check
     python bench/bench_engine.py --small --iters 20 --speed-iters 10 --skip-compile
 
