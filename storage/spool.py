@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage.lake import Lake, open_lake
-from storage.writer import put_object
+from storage.writer import atomic_write_bytes, put_object
 
 ENV_SPOOL = "ALPHA_SPOOL"
 log = logging.getLogger(__name__)
@@ -51,8 +51,8 @@ class Spool:
         stem = f"{key.rsplit('/', 1)[-1].removesuffix('.parquet')}-{uuid.uuid4().hex[:8]}"
         data_path = self.dir / f"{stem}.parquet"
         meta_path = self.dir / f"{stem}.json"
-        _atomic_write(data_path, data)
-        _atomic_write(meta_path, json.dumps({"lake": lake_url, "key": key}).encode())
+        atomic_write_bytes(data_path, data)
+        atomic_write_bytes(meta_path, json.dumps({"lake": lake_url, "key": key}).encode())
         return meta_path
 
     def entries(self, lake_url: str | None = None) -> list[SpoolEntry]:
@@ -121,12 +121,3 @@ def flush_spool(
             down.add(entry.lake_url)
             left += 1
     return landed, left
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

@@ -59,12 +59,7 @@ def put_object(lake: Lake, key: str, data: bytes) -> str:
     if lake.atomic_rename:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        atomic_write_bytes(target, data)
         return path
     lake.fs.pipe_file(path, data)
     lake.fs.pipe_file(lake.commit_marker(key), b"")
@@ -100,3 +95,13 @@ def _find(lake: Lake, path: str) -> list[str]:
 def _sort_key(path: str) -> tuple[str, str]:
     """Write order: by object name (time-prefixed), then path."""
     return (path.rsplit("/", 1)[-1], path)
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> None:
+    """Write ``data`` to a local ``target`` so readers see all of it or nothing."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)

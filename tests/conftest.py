@@ -33,3 +33,14 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with prefect.settings.temporary_settings(updates={prefect.settings.PREFECT_HOME: home}):
             with prefect_test_harness(server_startup_timeout=90):
                 yield str(prefect.settings.PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny models run far faster on one thread than on two contended ones."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

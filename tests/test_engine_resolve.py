@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from model.config import SHIPPED_CORPUS, build_train_config, domain_defaults
 from model.errors import ConfigError
@@ -13,13 +12,7 @@ from model.trainer import train
 from tasks.resolve import resolve_run_config
 from tasks.run import execute
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_domain_defaults_then_explicit_flags(tmp_path: Path) -> None:
