@@ -73,12 +73,16 @@ class TrainConfig(BaseModel):
     lr: float = Field(3e-4, gt=0.0)
     lr_min: float | None = Field(None, ge=0.0)  # None: lr / 10
     warmup_iters: int = Field(0, ge=0)
+    lr_decay_iters: int | None = Field(None, ge=1)  # None: iters (the cosine's horizon)
     grad_clip: float = Field(1.0, ge=0.0)  # 0: no clipping
     spike_threshold: float = Field(0.0, ge=0.0)  # 0: off
+    spike_patience: int = Field(20, ge=0)  # consecutive spike skips before re-baselining; 0: never
     weight_decay: float = Field(0.1, ge=0.0)
     beta1: float = Field(0.9, ge=0.0, lt=1.0)
     beta2: float = Field(0.95, ge=0.0, lt=1.0)
-    seed: int = Field(1337, ge=0, lt=1 << 63)
+    seed: int = Field(1337, ge=0, lt=1 << 63)  # initial weights (and dropout, sampling)
+    data_seed: int | None = Field(None, ge=0, lt=1 << 63)  # training batch order; None: seed
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # share of the non-train part held out
     # evaluation, logging, outputs
     eval_interval: int = Field(250, ge=1)
     eval_iters: int = Field(20, ge=1)
@@ -101,6 +105,11 @@ class TrainConfig(BaseModel):
     @property
     def resolved_ffn_dim(self) -> int:
         return self.ffn_dim or default_ffn_dim(self.dim, self.activation)
+
+    @property
+    def resolved_data_seed(self) -> int:
+        """Seed of the training batch stream: ``data_seed``, else ``seed``."""
+        return self.seed if self.data_seed is None else self.data_seed
 
 
 class ModelConfig(BaseModel):

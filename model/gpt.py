@@ -15,6 +15,7 @@ chosen by ``ModelConfig.ffn_activation``:
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +95,17 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """``seed`` makes the initial weights independent of torch's global RNG.
+
+    With a seed, each parameter is drawn from its own generator seeded by
+    ``(seed, parameter name)``: models trained in concurrent threads do not race
+    on the global RNG, and models of different FFN activations share every
+    parameter whose name and shape agree (attention, embeddings, and the whole
+    FFN among gelu/relu/silu), so comparing them compares activations, not
+    initialisations. ``seed=None`` draws from the global RNG.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, seed: int | None = None) -> None:
         super().__init__()
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
@@ -105,18 +116,17 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied embeddings
         self.register_buffer("pos", torch.arange(cfg.block_size), persistent=False)
-        self.apply(self._init_weights)
-        resid_std = 0.02 / math.sqrt(2 * cfg.n_layer)  # GPT-2: scaled residual projections
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=resid_std)
+        self._init_weights(seed)
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+    def _init_weights(self, seed: int | None) -> None:
+        """GPT-2 init: N(0, 0.02) matrices and embeddings, residual projections scaled."""
+        resid_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():  # the tied lm_head weight is wte's
+            if p.dim() < 2:
+                continue  # LayerNorm weights keep their ones (there are no biases)
+            std = resid_std if name.endswith("c_proj.weight") else 0.02
+            gen = None if seed is None else torch.Generator().manual_seed(_param_seed(seed, name))
+            nn.init.normal_(p, mean=0.0, std=std, generator=gen)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count (tied weights counted once)."""
@@ -173,3 +183,8 @@ class GPT(nn.Module):
             nxt = torch.multinomial(probs, num_samples=1, generator=generator)
             idx = torch.cat((idx, nxt), dim=1)
         return idx
+
+
+def _param_seed(seed: int, name: str) -> int:
+    """A generator seed per (run seed, parameter name), stable across runs and processes."""
+    return (seed * 0x9E3779B1 + zlib.crc32(name.encode())) % (1 << 63)

@@ -62,6 +62,8 @@ class TrainResult:
     param_count: int = 0
     n_spike_skips: int = 0
     n_nan_skips: int = 0
+    n_spike_rebaselines: int = 0
+    test_loss: float | None = None  # only with eval_test: the held-out split, at the end
     checkpoint_path: str | None = None
     elapsed_s: float = 0.0
     error: str | None = None
@@ -91,10 +93,15 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Linear warmup to ``lr`` over ``warmup_iters``, then cosine decay to ``lr_min``."""
+    """Linear warmup to ``lr`` over ``warmup_iters``, then cosine decay to ``lr_min``.
+
+    The cosine ends at ``lr_decay_iters`` (default ``iters``): a run that will be
+    continued later (a search candidate) decays over its whole planned length.
+    """
     if step <= cfg.warmup_iters:
         return cfg.lr * step / max(1, cfg.warmup_iters)
-    progress = (step - cfg.warmup_iters) / max(1, cfg.iters - cfg.warmup_iters)
+    horizon = cfg.lr_decay_iters or cfg.iters
+    progress = (step - cfg.warmup_iters) / max(1, horizon - cfg.warmup_iters)
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -114,8 +121,14 @@ class Trainer:
         step_offset: int = 0,
         progress: bool = True,
         run_meta: dict[str, Any] | None = None,
+        eval_test: bool = False,
+        allow_activation_change: bool = False,
     ) -> None:
         self.cfg = cfg
+        #: evaluate the held-out ``test`` split once, at the end (``TrainResult.test_loss``)
+        self.eval_test = eval_test
+        #: resume a checkpoint of another FFN activation with the same shapes (gelu/relu/silu)
+        self.allow_activation_change = allow_activation_change
         self.hooks = tuple(hooks)
         self.step_offset = step_offset
         self.progress = progress
@@ -149,8 +162,13 @@ class Trainer:
         cfg = self.cfg
         self.model_config = ModelConfig.from_train(cfg, self.tokenizer.vocab_size)
         if self.ckpt:
-            ckpt_io.check_model_config(self.ckpt, self.model_config)
-        self.model = GPT(self.model_config).to(self.device)
+            wanted = self.model_config
+            if self.allow_activation_change:
+                wanted = wanted.model_copy(
+                    update={"ffn_activation": self.ckpt.model_config.ffn_activation}
+                )
+            ckpt_io.check_model_config(self.ckpt, wanted)  # shapes still checked on load
+        self.model = GPT(self.model_config, seed=cfg.seed).to(self.device)
         self.param_count = self.model.num_params()
         self.optimizer = torch.optim.AdamW(
             self.model.optimizer_groups(cfg.weight_decay),
@@ -167,10 +185,12 @@ class Trainer:
         cfg, vocab = self.cfg, self.tokenizer.vocab_size
         self.run_dir.mkdir(parents=True, exist_ok=True)
         paths = write_token_files(parts, vocab, self.run_dir / "data")
-        self.data = TokenData(paths, vocab, cfg.block, self.device, cfg.seed)
-        self._probe = TokenData(paths, vocab, cfg.block, self.device, cfg.seed + 1)  # for hooks
+        data_seed = cfg.resolved_data_seed
+        self.data = TokenData(paths, vocab, cfg.block, self.device, data_seed)
+        self._probe = TokenData(paths, vocab, cfg.block, self.device, data_seed + 1)  # for hooks
         if self.ckpt and self.ckpt.meta.get("data_state"):
             self.data.load_state_dict(self.ckpt.meta["data_state"])
+        self._init_spike_guard()
         self.best_val_loss = self.ckpt.meta.get("best_val_loss") if self.ckpt else None
         self.checkpoint_path = self.run_dir / ckpt_io.FILENAME
         _atomic_write(self.run_dir / "tokenizer.json", self.tokenizer.to_json())
@@ -218,7 +238,7 @@ class Trainer:
             val_tokens = tok.encode(val_text) if val_text is not None else None
         except ConfigError as exc:
             raise ConfigError(f"--data: {exc}") from None
-        return tok, split_tokens(tokens, val_tokens, cfg.block)
+        return tok, split_tokens(tokens, val_tokens, cfg.block, cfg.test_fraction)
 
     def _build_forward(self):
         if not self.cfg.compile:
@@ -390,19 +410,48 @@ class Trainer:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         return loss_sum / accum, norm
 
+    def _init_spike_guard(self) -> None:
+        """The spike threshold in force; a re-baselined one survives a resume."""
+        cfg, saved = self.cfg, (self.ckpt.meta if self.ckpt else {})
+        self.spike_threshold = cfg.spike_threshold
+        same_flag = saved.get("train_config", {}).get("spike_threshold") == cfg.spike_threshold
+        if same_flag and saved.get("spike_threshold"):
+            self.spike_threshold = float(saved["spike_threshold"])
+        self._spike_run: list[float] = []  # grad norms of the current run of spike skips
+
     def _update(self, loss_v: float, norm_v: float, result: TrainResult) -> list[str]:
         """The optimizer step, unless the NaN/inf guard or the spike guard skips it."""
         events = []
         if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
             events.append("nan_skip")
             result.n_nan_skips += 1
-        elif self.cfg.spike_threshold > 0 and norm_v > self.cfg.spike_threshold:
+        elif self._is_spike(norm_v, result, events):
             events.append("spike_skip")
             result.n_spike_skips += 1
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return events
+
+    def _is_spike(self, norm_v: float, result: TrainResult, events: list[str]) -> bool:
+        """Is this step a spike to skip (grad norm above the threshold)?
+
+        After ``spike_patience`` spikes in a row the norms have a new scale, not
+        a spike: the threshold is re-baselined to twice their median (event
+        ``spike_rebaseline``), so the guard cannot freeze a run forever.
+        """
+        if not (self.spike_threshold > 0 and norm_v > self.spike_threshold):
+            self._spike_run.clear()
+            return False
+        self._spike_run.append(norm_v)
+        patience = self.cfg.spike_patience
+        if not patience or len(self._spike_run) < patience:
+            return True
+        self.spike_threshold = 2.0 * statistics.median(self._spike_run)
+        self._spike_run.clear()
+        result.n_spike_rebaselines += 1
+        events.append("spike_rebaseline")
+        return norm_v > self.spike_threshold
 
     def _eval_and_checkpoint(
         self, local: int, result: TrainResult, events: list[str]
@@ -416,6 +465,8 @@ class Trainer:
                 self.best_val_loss is None or val_loss < self.best_val_loss
             ):
                 self.best_val_loss = val_loss
+        if self.eval_test and local == cfg.iters:
+            result.test_loss = self.evaluate("test")
         if cfg.checkpoint_interval:
             due = local % cfg.checkpoint_interval == 0
         else:
@@ -427,12 +478,19 @@ class Trainer:
         return val_loss
 
     @torch.no_grad()
-    def evaluate(self) -> float | None:
-        """Mean loss over ``eval_iters`` validation batches (of ``cfg.batch``)."""
+    def evaluate(self, split: str = "val") -> float | None:
+        """Mean loss over the fixed evaluation set of ``split``.
+
+        ``eval_iters`` batches of ``cfg.batch`` windows evenly strided over the
+        split (``TokenData.fixed_batches``): every evaluation of the run, and
+        every run on the same data, sees the same windows.
+        """
+        if split not in self.data.arrays:
+            raise ConfigError(f"evaluate: no {split!r} split (set --test-fraction for a test split)")
         self.model.eval()
         losses = torch.zeros(self.cfg.eval_iters, device=self.device)
-        for k in range(self.cfg.eval_iters):
-            x, y = self.data.get_batch("val", self.cfg.batch)
+        batches = self.data.fixed_batches(split, self.cfg.eval_iters, self.cfg.batch)
+        for k, (x, y) in enumerate(batches):
             with self.autocast():
                 _, loss = self._forward(x, y)
             losses[k] = loss
@@ -448,6 +506,7 @@ class Trainer:
             "tokenizer": self.tokenizer.to_json(),
             "data_state": self._data_state_for_checkpoint(),
             "best_val_loss": self.best_val_loss,
+            "spike_threshold": self.spike_threshold,
             "run_meta": self.run_meta,
             "created_at": datetime.now(UTC).isoformat(),
             "torch_version": torch.__version__,
@@ -518,10 +577,20 @@ def train(
     step_offset: int = 0,
     progress: bool = True,
     run_meta: dict[str, Any] | None = None,
+    **options: Any,
 ) -> TrainResult:
-    """Train one run; ``ConfigError`` for bad input (raised before anything is written)."""
+    """Train one run; ``ConfigError`` for bad input (raised before anything is written).
+
+    ``options``: ``Trainer`` keywords (``eval_test``, ``allow_activation_change``).
+    """
     trainer = Trainer(
-        cfg, hooks, run_id=run_id, step_offset=step_offset, progress=progress, run_meta=run_meta
+        cfg,
+        hooks,
+        run_id=run_id,
+        step_offset=step_offset,
+        progress=progress,
+        run_meta=run_meta,
+        **options,
     )
     return trainer.fit()
 

@@ -76,6 +76,12 @@ class SymbioConfig(BaseModel):
     rank_by: Literal["valLoss", "fitness"] = "valLoss"
     perf_weight: float = Field(0.0, ge=0)
     stability_weight: float = Field(0.0, ge=0)
+    # -- multi-fidelity, lr gene, confirmation (docs/search.md; not in PRD §7.3) --
+    halving_eta: float = Field(2.0, ge=1)  # a generation keeps ceil(n / eta) candidates
+    lr_gene: bool = False  # co-evolve the peak lr with the activation
+    lr_gene_range: tuple[float, float] = Field((1e-4, 3e-3), strict=False)  # JSON lists
+    confirm_seeds: int = Field(3, ge=0, le=30)  # paired seeds per confirmed activation
+    confirm_steps: int | None = Field(None, ge=1)  # None: the search's longest candidate
     # -- output --
     write_report: bool = True
     write_candidates: bool = True
@@ -92,6 +98,11 @@ class SymbioConfig(BaseModel):
         if len(set(self.activation_pool)) != len(self.activation_pool):
             raise ValueError(
                 f"activationPool: must not repeat an activation (got {list(self.activation_pool)})"
+            )
+        lo, hi = self.lr_gene_range
+        if not 0 < lo < hi:
+            raise ValueError(
+                f"lrGeneRange: must be [low, high] with 0 < low < high (got {[lo, hi]})"
             )
         return self
 

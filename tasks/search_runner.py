@@ -3,17 +3,21 @@
 ``alpha train --symbio`` (through ``tasks.run.execute``) calls this when the
 search mode is ``ffn-activation-search``; the Prefect flow
 (``flows.search_flow``) calls the same function with a Prefect executor, so
-the generation loop (``symbio.search.loop``) exists once.
+the generation loop and the confirmation (``symbio.search.loop``) exist once.
 
-Per candidate: a fresh ``TrainConfig`` (its activation, its seed,
-``stepsPerCandidate`` steps, its own ``<run_dir>/candidates/<candidate_id>``
-folder), fresh hooks (``SymbioHook`` with the candidate's fields, so the CUSUM
-and metric state start from zero; ``LakeHook`` on the search's one shared
-sink) and ``step_offset = ordinal * steps`` so every metric row of the search
-has a unique ``(run_id, step)``. The engine evaluates on the validation set at
-the last step, before the search ranks anything. A candidate that fails (an
-exception, out of memory, no finite validation loss) is recorded with its
-reason, gets the worst fitness, and the search goes on.
+Per candidate: its own ``TrainConfig`` (activation, lr gene, the generation's
+shared init and data seeds, its total steps, the lr horizon of the whole
+search, the search's test split held out, its own
+``<run_dir>/candidates/<candidate_id>`` folder) and, for a survivor, the
+parent's checkpoint to continue (the engine's exact resume); fresh hooks
+(``SymbioHook`` with the candidate's fields, so the CUSUM and metric state
+start from zero; ``LakeHook`` on the search's one shared sink) and
+``step_offset = ordinal * plan.step_stride`` so every metric row of the search
+has a unique ``(run_id, step)``. A candidate that fails (an exception, out of
+memory) is recorded with its reason; the health gates of the loop mark
+diverged or stalled ones; either way it ranks last and the search goes on.
+Confirmation runs are trained the same way and evaluated once on the test
+split at their end.
 
 This module is the search's orchestration layer: unlike the pure modules
 beside it, it imports the engine and (lazily, only when a lake is used) the
@@ -35,23 +39,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.errors import ConfigError
+from model.errors import CheckpointError, ConfigError
 from model.hooks import TrainerHook
-from symbio.search.candidate import Candidate, CandidateResult
+from symbio.search.candidate import CONFIRM, Candidate, CandidateResult
+from symbio.search.confirm import Confirmation
 from symbio.search.estimate import (
     Estimate,
-    estimate_search,
+    estimate_runs,
     format_duration,
+    learning_warning,
     probe_activation,
     probe_steps,
     run_probe,
 )
 from symbio.search.executors import ThreadExecutor
+from symbio.search.health import near_initial_warning
 from symbio.search.loop import (
     Executor,
     GenerationResult,
     PopulationInfo,
     SearchPlan,
+    SearchRun,
+    nominee,
+    run_confirmation,
     run_generations,
 )
 from symbio.search.report import (
@@ -59,7 +69,6 @@ from symbio.search.report import (
     build_summary,
     candidate_lake_rows,
     candidate_record,
-    pick_winner,
     report_markdown,
     winner_record,
 )
@@ -74,6 +83,9 @@ CANDIDATES_FILE = "symbio-candidates.jsonl"
 REPORT_FILE = "symbio-report.md"
 #: Slots per device kind when neither ``slots=`` nor ``ALPHA_SEARCH_SLOTS`` is given.
 DEFAULT_SLOTS = {"cpu": 1, "cuda": 2}
+#: Share of the validation text held out as the test split of a search (the
+#: confirmation evaluates there; no candidate ever does) unless --test-fraction is set.
+SEARCH_TEST_FRACTION = 0.5
 
 
 class SearchInterrupted(KeyboardInterrupt):
@@ -98,6 +110,7 @@ class SearchOutcome:
     sink_stats: Any = None
     #: ``tasks.run.RunOutcome`` compatibility: a search has no single ``TrainResult``.
     result: Any = None
+    confirmation: Confirmation | None = None
 
     @property
     def winner_activation(self) -> str | None:
@@ -110,6 +123,7 @@ class SearchOutcome:
     @property
     def exit_code(self) -> int:
         return {"completed": 0, "cancelled": 130}.get(self.status, 1)
+
 
 
 # -- configuration helpers -------------------------------------------------------
@@ -153,28 +167,41 @@ def device_type(cfg: TrainConfig) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def candidate_train_config(
-    base: TrainConfig, c: Candidate, steps: int, run_dir: Path
-) -> TrainConfig:
-    """The candidate's own config: its activation, seed, steps and folder.
+def search_base_config(cfg: TrainConfig) -> TrainConfig:
+    """The run's config with the search's test split held out (unless one was set)."""
+    if cfg.test_fraction > 0:
+        return cfg
+    return cfg.model_copy(update={"test_fraction": SEARCH_TEST_FRACTION})
 
-    A warm-up as long as the candidate is cut to a tenth of it; candidates are
-    never resumed, so unless an interval was asked for, the one checkpoint is
-    written at the end.
+
+def candidate_train_config(
+    base: TrainConfig, c: Candidate, run_dir: Path, resume: Path | None = None
+) -> TrainConfig:
+    """The candidate's own config: activation, lr gene, seeds, steps, lr horizon, folder.
+
+    The lr schedule decays over the candidate's horizon (the search's longest
+    lineage), so a survivor continues exactly where its schedule was; a warm-up
+    as long as the horizon is cut to a tenth of it. Unless an interval was
+    asked for, the one checkpoint is written at the end of the segment.
     """
-    warmup = base.warmup_iters if base.warmup_iters < steps else steps // 10
-    return base.model_copy(
-        update={
-            "activation": c.activation,
-            "seed": c.seed,
-            "iters": steps,
-            "warmup_iters": warmup,
-            "eval_interval": min(base.eval_interval, steps),
-            "checkpoint_interval": base.checkpoint_interval or steps,
-            "run_dir": str(run_dir),
-            "resume": None,
-        }
-    )
+    horizon = c.horizon or c.iters
+    warmup = base.warmup_iters if base.warmup_iters < horizon else horizon // 10
+    update: dict[str, Any] = {
+        "activation": c.activation,
+        "seed": c.seed,
+        "data_seed": c.data_seed,
+        "iters": c.iters,
+        "lr_decay_iters": horizon,
+        "warmup_iters": warmup,
+        "eval_interval": min(base.eval_interval, max(1, c.steps)),
+        "checkpoint_interval": base.checkpoint_interval or c.iters,
+        "run_dir": str(run_dir),
+        "resume": str(resume) if resume else None,
+    }
+    if c.lr is not None:
+        update["lr"] = c.lr
+        update["lr_min"] = c.lr * (base.lr_min / base.lr if base.lr else 0.1)
+    return base.model_copy(update=update)
 
 
 # -- one candidate -----------------------------------------------------------------
@@ -190,14 +217,14 @@ class CandidateTrainer:
         symbio: SymbioConfig,
         run_id: str,
         run_dir: Path,
-        steps: int,
+        step_stride: int,
         sink: Any | None,
         progress: bool,
         run_meta: dict[str, Any],
         extra_hooks: Sequence[TrainerHook] = (),
     ) -> None:
         self.base, self.symbio, self.run_id = base, symbio, run_id
-        self.run_dir, self.steps, self.sink = run_dir, steps, sink
+        self.run_dir, self.step_stride, self.sink = run_dir, step_stride, sink
         self.progress, self.run_meta = progress, run_meta
         self.extra_hooks = tuple(extra_hooks)
         self._print_lock = threading.Lock()
@@ -207,13 +234,18 @@ class CandidateTrainer:
         """Ask running candidates to stop at their next step (they end ``interrupted``)."""
         self._stop.set()
 
+    def folder(self, candidate_id: str) -> Path:
+        return self.run_dir / "candidates" / candidate_id
+
     def __call__(self, c: Candidate, info: PopulationInfo) -> CandidateResult:
+        from model import checkpoint as ckpt_io
         from model.trainer import train
         from symbio.hook import SymbioHook
 
-        folder = self.run_dir / "candidates" / c.candidate_id
-        offset = c.ordinal * self.steps
-        cfg = candidate_train_config(self.base, c, self.steps, folder)
+        folder = self.folder(c.candidate_id)
+        offset = c.ordinal * self.step_stride
+        resume = self.folder(c.resume_from) / ckpt_io.FILENAME if c.resume_from else None
+        cfg = candidate_train_config(self.base, c, folder, resume)
         symbio_hook = SymbioHook(self.symbio, candidate=info.row_fields(c))
         hooks: list[Any] = [_StopHook(self._stop), symbio_hook]
         if self.sink is not None:
@@ -231,7 +263,13 @@ class CandidateTrainer:
                 step_offset=offset,
                 progress=self.progress,
                 run_meta={**self.run_meta, "candidate": c.to_dict()},
+                eval_test=c.role == CONFIRM,
+                allow_activation_change=resume is not None,
             )
+        except CheckpointError as exc:  # this candidate's parent checkpoint, not the user's input
+            out.elapsed_s = time.perf_counter() - t0
+            self._say(c, f"failed: {_one_line(exc)}")
+            return out.failed(_one_line(exc))
         except ConfigError:
             raise  # bad input applies to every candidate: stop the search
         except Exception as exc:  # noqa: BLE001 - a failing candidate must not stop the search
@@ -246,10 +284,6 @@ class CandidateTrainer:
         if tr.status != "completed":
             _free_accelerator_memory()
             out = out.failed(tr.error or f"training {tr.status}")
-        elif not out.ok:
-            out = out.failed(
-                f"no finite validation loss ({tr.n_nan_skips}/{tr.steps} steps non-finite)"
-            )
         self._say(c, _describe(out))
         return out
 
@@ -270,10 +304,17 @@ class _StopHook(TrainerHook):
 
 
 def _fill_from_train_result(out: CandidateResult, tr: Any, hook: Any) -> None:
-    out.steps = tr.steps
+    c = out.candidate
+    losses = [x for x in tr.losses if math.isfinite(x)]
+    tail = losses[-max(1, len(losses) // 5) :]
+    out.steps = max(0, tr.steps - c.start_step) if tr.steps else 0
     out.best_val_loss = tr.best_val_loss
     out.final_val_loss = tr.final_val_loss
     out.final_loss = tr.last_loss
+    out.recent_loss = sum(tail) / len(tail) if tail else None
+    out.initial_loss = losses[0] if losses and c.start_step == 0 else None  # else the lineage's
+    out.skipped_steps = tr.n_spike_skips + tr.n_nan_skips
+    out.test_loss = tr.test_loss
     out.tokens_per_sec = tr.tokens_per_sec_mean
     out.ms_per_iter = tr.ms_per_iter_median
     out.param_count = tr.param_count
@@ -288,10 +329,13 @@ def _fill_from_train_result(out: CandidateResult, tr: Any, hook: Any) -> None:
 
 
 def _describe(r: CandidateResult) -> str:
-    if not r.ok:
-        return f"failed: {r.failure_reason}"
+    if r.status != "ok":
+        return f"{r.status}: {r.failure_reason}"
     tps = f"{r.tokens_per_sec:,.0f} tok/s" if r.tokens_per_sec else "- tok/s"
-    return f"best val {r.best_val_loss:.4f} | {tps} | {r.elapsed_s:.1f}s"
+    val = f"{r.final_val_loss:.4f}" if r.final_val_loss is not None else "none"
+    test = f" | test {r.test_loss:.4f}" if r.test_loss is not None else ""
+    skips = f" | {r.skipped_steps} skipped" if r.skipped_steps else ""
+    return f"val {val}{test} at step {r.total_steps}{skips} | {tps} | {r.elapsed_s:.1f}s"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -369,20 +413,33 @@ class _Search:
     ) -> None:
         self.resolved = resolved
         self.extra_hooks = tuple(extra_hooks)
-        self.cfg: TrainConfig = resolved.train
+        self.cfg: TrainConfig = search_base_config(resolved.train)
         self.symbio: SymbioConfig = resolved.symbio_config
         self.run_id: str = resolved.run_id
         self.run_dir = Path(resolved.run_dir)
         self.steps = steps_per_candidate(resolved)
-        self.plan = SearchPlan.from_symbio(self.symbio, steps=self.steps, seed=self.cfg.seed)
+        self.plan = SearchPlan.from_symbio(
+            self.symbio,
+            steps=self.steps,
+            seed=self.cfg.seed,
+            data_seed=self.cfg.resolved_data_seed,
+            baseline=self.cfg.activation,
+        )
         self.device, self.slots, self.executor = device, slots, executor
         self.lake_url, self.use_lake, self.progress = lake_url, use_lake, progress
         self.flow_run_id, self.on_generation = flow_run_id, on_generation
         self.sink: Any = None
         self.started_at = datetime.now(UTC)
         self.generations: list[GenerationResult] = []
+        self.confirmation: Confirmation | None = None
+        self.warnings: list[str] = []
         self.estimate: Estimate | None = None
+        self.trainer: CandidateTrainer | None = None
         self.t0 = time.perf_counter()
+
+    @property
+    def search_run(self) -> SearchRun:
+        return SearchRun(self.generations, self.confirmation)
 
     # -- phases --
 
@@ -394,10 +451,12 @@ class _Search:
         self._open_sink()
         self._write_run("running")
         status, error = "completed", None
+        self.trainer = self._trainer()
         try:
             run_generations(
-                self.plan, self._trainer(), self.executor, on_generation=self._generation_done
+                self.plan, self.trainer, self.executor, on_generation=self._generation_done
             )
+            self._confirm()
         except KeyboardInterrupt:
             status, error = "cancelled", "interrupted"
             raise
@@ -405,17 +464,27 @@ class _Search:
             status, error = "failed", _one_line(exc)
             raise
         finally:
-            if status == "completed" and pick_winner(self.generations) is None:
-                status, error = "failed", "no candidate finished training"
+            if status == "completed" and winner_record(self.search_run) is None:
+                status, error = "failed", "no candidate finished training healthy"
             outcome = self._finish(status, error)
         return outcome
 
     def _announce(self) -> None:
         p = self.plan
+        sizes = " -> ".join(map(str, p.rung_sizes))
+        note = ""
+        if not p.lr_gene and p.population_size > len(p.pool) and p.strategy != "exhaustive":
+            note = (
+                f" (populationSize {p.population_size} > pool: without lrGene a duplicate "
+                "would repeat its twin's seeds, so generation 0 is the pool)"
+            )
+        lr = f", lr gene in [{p.lr_range[0]:g}, {p.lr_range[1]:g}]" if p.lr_gene else ""
         print(
-            f"symbio search {self.run_id}: {p.strategy}, {p.generations} generation(s) x "
-            f"{p.population_size} candidates x {p.steps} steps, pool {list(p.pool)}, "
-            f"rank by {p.rank_by}, {self.slots} slot(s) on {self.device}",
+            f"symbio search {self.run_id}: {p.strategy}, generations of {sizes} candidates x "
+            f"{p.steps} steps (lr horizon {p.horizon}){lr}, pool {list(p.pool)}, rank by "
+            f"{p.rank_by}; confirmation: {p.confirm_seeds} paired seeds x {p.confirm_length} "
+            f"steps of the pick, {p.baseline} (baseline) and gelu on a held-out test split; "
+            f"{self.slots} slot(s) on {self.device}{note}",
             flush=True,
         )
 
@@ -424,24 +493,37 @@ class _Search:
         if n == 0:
             print("search estimate: timing probe off (ALPHA_SEARCH_PROBE_STEPS=0)", flush=True)
             return None
-        from model.trainer import train
+        from model.trainer import lr_at, train
 
         act = probe_activation(self.plan.pool)
         try:
-            probe = run_probe(train, self.cfg, act, self.run_dir / ".probe", n)
+            probe = run_probe(train, self.cfg, act, self.run_dir / ".probe", n, lr_at=lr_at)
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - an estimate is advice, not a requirement
             print(f"search estimate unavailable: {_one_line(exc)}", flush=True)
             return None
-        est = estimate_search(
-            probe,
-            candidates=self.plan.total_candidates,
-            steps=self.steps,
-            eval_interval=min(self.cfg.eval_interval, self.steps),
-        )
+        p = self.plan
+        runs = [(size, p.steps) for size in p.rung_sizes]
+        runs.append((p.max_confirm_arms * p.confirm_seeds, p.confirm_length))
+        est = estimate_runs(probe, runs, eval_interval=min(self.cfg.eval_interval, p.steps))
         print(est.describe(self.slots), flush=True)
+        warning = learning_warning(probe, self._rung0_lr_area(lr_at), p.steps)
+        if warning:
+            self._warn(warning)
         return est
+
+    def _rung0_lr_area(self, lr_at: Callable[[Any, int], float]) -> float:
+        """Sum of the lr over generation 0's steps (the highest lr gene with lrGene)."""
+        p = self.plan
+        c = Candidate("area", self.cfg.activation, 0, 0, 0, p.seed, iters=p.steps,
+                      horizon=p.horizon, lr=p.lr_range[1] if p.lr_gene else None)  # fmt: skip
+        cfg = candidate_train_config(self.cfg, c, self.run_dir)
+        return sum(lr_at(cfg, t) for t in range(1, p.steps + 1))
+
+    def _warn(self, text: str) -> None:
+        self.warnings.append(text.removeprefix("warning: "))
+        print(text if text.startswith("warning: ") else f"warning: {text}", flush=True)
 
     def _trainer(self) -> CandidateTrainer:
         return CandidateTrainer(
@@ -449,7 +531,7 @@ class _Search:
             symbio=self.symbio,
             run_id=self.run_id,
             run_dir=self.run_dir,
-            steps=self.steps,
+            step_stride=self.plan.step_stride,
             sink=self.sink,
             progress=self.progress,
             run_meta=self.resolved.run_meta(),
@@ -459,44 +541,91 @@ class _Search:
     def _generation_done(self, gen: GenerationResult) -> None:
         self.generations.append(gen)
         best = gen.best
-        done = len(self.generations)
-        left = self.plan.generations - done
-        eta = f", about {format_duration(gen.wall_s * left)} left" if left else ""
-        best_txt = f"{best.activation} {best.best_val_loss:.4f}" if best.ok else "none trained"
+        best_txt = f"{best.activation} {best.final_val_loss:.4f}" if best.ok else "none healthy"
+        bad = [r for r in gen.ranked if not r.ok]
         print(
-            f"generation {gen.generation}: best {best_txt}; diversity "
-            f"{gen.architecture_diversity:.2f}; {format_duration(gen.wall_s)}{eta}",
+            f"generation {gen.generation}: {len(gen.ranked)} candidates at step "
+            f"{max(r.total_steps for r in gen.ranked)}; best {best_txt}; "
+            f"{len(bad)} unhealthy; diversity {gen.architecture_diversity:.2f}; "
+            f"{format_duration(gen.wall_s)}, about {format_duration(self._left_s(gen))} left",
             flush=True,
         )
-        winner = pick_winner(self.generations)
-        wid = winner.candidate.candidate_id if winner and left == 0 else None
-        if self.symbio.write_candidates:
-            with (self.run_dir / CANDIDATES_FILE).open("a", encoding="utf-8") as f:
-                for r in gen.ranked:
-                    rec = candidate_record(r, gen, wid)
-                    f.write(json.dumps(rec, allow_nan=False) + "\n")
-        if self.sink is not None:
-            self.sink.write_candidates(candidate_lake_rows(gen, wid))
-        _prune_checkpoints(gen, keep=best.candidate.candidate_id if best.ok else None)
+        for r in bad:
+            print(f"  [{r.candidate.candidate_id} {r.activation:>6}] {r.status}: "
+                  f"{r.failure_reason}", flush=True)  # fmt: skip
+        if gen.generation == 0 and (warning := near_initial_warning(gen.ranked, 0)):
+            self._warn(warning)
+        self._record(gen.ranked, gen)
+        if gen.generation > 0:  # their lineages live on in this generation's folders
+            _prune_checkpoints(self.generations[-2].ranked, keep=())
         if self.on_generation is not None:
             self.on_generation(gen)
 
+    def _left_s(self, gen: GenerationResult) -> float:
+        """Remaining planned steps at this generation's measured rate."""
+        done = sum(r.steps for r in gen.ranked)
+        rate = gen.wall_s / done if done else 0.0
+        p = self.plan
+        sizes = p.rung_sizes[gen.generation + 1 :]
+        left = sum(sizes) * p.steps + p.max_confirm_arms * p.confirm_seeds * p.confirm_length
+        return rate * left
+
+    def _confirm(self) -> None:
+        top = nominee(self.generations)
+        if self.generations:  # only the nominee's checkpoint stays from the search
+            keep = (top.candidate.candidate_id,) if top else ()
+            _prune_checkpoints(self.generations[-1].ranked, keep=keep)
+        if self.plan.confirm_seeds < 1:
+            print("confirmation: off (confirmSeeds 0); the winner is unconfirmed", flush=True)
+            return
+        print(
+            f"confirmation: {top.activation if top else 'no pick'} (the search's pick) vs "
+            f"{self.plan.baseline} (baseline) vs gelu, {self.plan.confirm_seeds} paired seeds x "
+            f"{self.plan.confirm_length} steps, evaluated on the held-out test split",
+            flush=True,
+        )
+        assert self.trainer is not None
+        self.confirmation = run_confirmation(
+            self.plan, self.generations, self.trainer, self.executor
+        )
+        self._record(self.confirmation.results, None)
+        for row in self.confirmation.arm_rows():
+            vs = row["vs_baseline"]
+            ci = f"; vs baseline {vs['mean_diff']:+.4f} ({vs['verdict']})" if vs and vs[
+                "mean_diff"] is not None else ""  # fmt: skip
+            mean = f"{row['test_loss_mean']:.4f}" if row["test_loss_mean"] is not None else "-"
+            sd = f" ± {row['test_loss_sd']:.4f}" if row["test_loss_sd"] is not None else ""
+            print(f"  {row['arm']:>12}: test {mean}{sd} over {row['n']} seeds{ci}", flush=True)
+
+    def _record(self, results: Sequence[CandidateResult], gen: GenerationResult | None) -> None:
+        """Candidate records as they finish (jsonl, lake); rewritten with the winner at the end."""
+        if self.symbio.write_candidates:
+            with (self.run_dir / CANDIDATES_FILE).open("a", encoding="utf-8") as f:
+                for r in results:
+                    f.write(json.dumps(candidate_record(r, gen, None), allow_nan=False) + "\n")
+        if self.sink is not None:
+            self.sink.write_candidates(candidate_lake_rows(results, None))
+
     def _finish(self, status: str, error: str | None) -> SearchOutcome:
         elapsed = time.perf_counter() - self.t0
-        winner = pick_winner(self.generations)
+        run = self.search_run
+        winner = winner_record(run)
         summary = build_summary(
             run_id=self.run_id,
             plan=self.plan,
             symbio_config=self.symbio.to_camel_dict(),
             train_config={**self.cfg.model_dump(mode="json"), "steps_per_candidate": self.steps},
             baseline_activation=self.cfg.activation,
-            generations=self.generations,
+            run=run,
             status=status,
             elapsed_s=elapsed,
             estimate_s=self.estimate.total_s if self.estimate else None,
+            warnings=self.warnings,
         )
         summary["slots"] = self.slots
         summary["device"] = self.device
+        self._mark_winner(winner)
+        self._prune_confirmation(winner)
         artifacts = self._write_artifacts(summary)
         self._write_run(status, error=error, winner=winner)
         sink_stats = self._close_sink()
@@ -506,14 +635,14 @@ class _Search:
         )
         for name, path in artifacts.items():
             print(f"  {name}: {path}", flush=True)
-        if winner is not None:
-            print(f"  winner checkpoint: {winner.run_dir}", flush=True)
+        if winner is not None and winner.get("run_dir"):
+            print(f"  winner checkpoint: {winner['run_dir']}", flush=True)
         return SearchOutcome(
             run_id=self.run_id,
             run_dir=self.run_dir,
             status=status,
             mode=SEARCH_MODE,
-            winner=winner_record(winner),
+            winner=winner,
             generations=self.generations,
             summary=summary,
             artifacts=artifacts,
@@ -523,7 +652,37 @@ class _Search:
             error=error,
             lake_url=self.lake_url,
             sink_stats=sink_stats,
+            confirmation=self.confirmation,
         )
+
+    def _all_results(self) -> list[tuple[CandidateResult, GenerationResult | None]]:
+        out: list[tuple[CandidateResult, GenerationResult | None]] = [
+            (r, g) for g in self.generations for r in g.ranked
+        ]
+        if self.confirmation is not None:
+            out += [(r, None) for r in self.confirmation.results]
+        return out
+
+    def _mark_winner(self, winner: dict[str, Any] | None) -> None:
+        """Rewrite the candidates file (and the winner's lake row) with ``is_winner`` set."""
+        wid = winner.get("candidate_id") if winner else None
+        if self.symbio.write_candidates and (self.run_dir / CANDIDATES_FILE).exists():
+            lines = [
+                json.dumps(candidate_record(r, g, wid), allow_nan=False)
+                for r, g in self._all_results()
+            ]
+            _write_text(self.run_dir / CANDIDATES_FILE, "\n".join(lines))
+        if self.sink is not None and wid:
+            hit = [r for r, _ in self._all_results() if r.candidate.candidate_id == wid]
+            if hit:
+                self.sink.write_candidates(candidate_lake_rows(hit, wid))
+
+    def _prune_confirmation(self, winner: dict[str, Any] | None) -> None:
+        """Keep one confirmation checkpoint: the winner's (``alpha sample`` it)."""
+        if self.confirmation is None:
+            return
+        keep = Path(winner["run_dir"]).name if winner and winner.get("run_dir") else None
+        _prune_checkpoints(self.confirmation.results, keep=(keep,) if keep else ())
 
     def _write_artifacts(self, summary: dict[str, Any]) -> dict[str, Path]:
         out: dict[str, Path] = {}
@@ -535,7 +694,7 @@ class _Search:
             out["candidates"] = self.run_dir / CANDIDATES_FILE
         if self.symbio.write_report:
             out["report"] = _write_text(
-                self.run_dir / REPORT_FILE, report_markdown(summary, self.generations)
+                self.run_dir / REPORT_FILE, report_markdown(summary, self.search_run)
             )
         return out
 
@@ -565,15 +724,15 @@ class _Search:
             self.sink = None
 
     def _write_run(
-        self, status: str, *, error: str | None = None, winner: CandidateResult | None = None
+        self, status: str, *, error: str | None = None, winner: dict[str, Any] | None = None
     ) -> None:
         if self.sink is None:
             return
         self.sink.write_run(self._run_row(status, error, winner))
 
-    def _run_row(self, status: str, error: str | None, winner: CandidateResult | None) -> dict:
+    def _run_row(self, status: str, error: str | None, winner: dict[str, Any] | None) -> dict:
         now = datetime.now(UTC)
-        done = [r for g in self.generations for r in g.ranked]
+        done = [r for r, _ in self._all_results()]
         ended = status != "running"
         return {
             "run_id": self.run_id,
@@ -584,11 +743,11 @@ class _Search:
             "started_at": self.started_at,
             "updated_at": now,
             "finished_at": now if ended else None,
-            "total_iters": self.plan.total_candidates * self.steps,
-            "latest_step": max((r.step_offset + r.steps for r in done), default=None),
-            "last_loss": _finite(winner.final_loss) if winner else None,
-            "best_val_loss": _finite(winner.best_val_loss) if winner else None,
-            "param_count": winner.param_count if winner else None,
+            "total_iters": self.plan.total_candidates * self.plan.step_stride,
+            "latest_step": max((r.step_offset + r.total_steps for r in done), default=None),
+            "last_loss": _finite(winner.get("final_loss")) if winner else None,
+            "best_val_loss": _finite(winner.get("best_val_loss")) if winner else None,
+            "param_count": winner.get("param_count") if winner else None,
             "host": socket.gethostname(),
             "device": self.device,
             "gpu_name": _gpu_name(self.device),
@@ -597,16 +756,16 @@ class _Search:
             "symbio": 1,
             "symbio_config": self.symbio.to_camel_json(),
             "ffn_activation": self.cfg.activation,
-            "symbio_winner": json.dumps(winner_record(winner)) if winner else None,
+            "symbio_winner": json.dumps(winner, allow_nan=False) if winner else None,
             "symbio_mode": SEARCH_MODE,
             "flow_run_id": self.flow_run_id,
         }
 
 
-def _prune_checkpoints(gen: GenerationResult, keep: str | None) -> None:
-    """Keep only the generation best's checkpoint: a search of 24 models adds up on disk."""
-    for r in gen.ranked:
-        if r.candidate.candidate_id == keep or not r.run_dir:
+def _prune_checkpoints(results: Sequence[CandidateResult], keep: Sequence[str]) -> None:
+    """Delete the checkpoints of ``results`` except those of the ``keep`` candidate ids."""
+    for r in results:
+        if r.candidate.candidate_id in keep or not r.run_dir:
             continue
         for path in Path(r.run_dir).glob("*.safetensors"):
             path.unlink(missing_ok=True)

@@ -1,28 +1,34 @@
-"""Ranking, selection and mutation: how one generation becomes the next.
+"""Ranking, selection and exploration: how one generation becomes the next.
 
-Ranking (``rankBy``): ``valLoss`` sorts by best validation loss (lower is
-better), ``fitness`` by the PRD §14.3 fitness (higher is better). Failed
-candidates always rank last, in candidate order. Ties break by ordinal, so a
-ranking is a pure function of the results.
+Ranking (``rankBy``): ``valLoss`` sorts by the validation loss at the end of
+the generation (``final_val_loss``: every candidate of a generation has the
+same total steps, so this compares like with like), ``fitness`` by the PRD
+§14.3 fitness (higher is better). Unhealthy candidates (``failed``/``stalled``)
+always rank last, in candidate order. Ties break by ordinal, so a ranking is a
+pure function of the results.
 
-``evolutionary`` builds the next generation of ``populationSize`` children:
+``evolutionary`` is successive halving with PBT-style exploit/explore:
 
-1. **Elitism** (one elite): the best candidate of the generation, if it
-   trained, is carried into the next generation unmutated
-   (``mutation_ops=["elite"]``). Like every candidate it is re-trained from
-   scratch with a fresh seed, which re-measures the front-runner instead of
-   trusting one noisy sample.
-2. **Selection** fills the other slots with parents:
-   ``topk`` keeps the best ``ceil(n / 2)`` trained candidates and cycles through
-   them in rank order; ``tournament`` draws ``tournamentK`` entrants uniformly
-   (with replacement) from the whole generation per slot and keeps the best.
-3. **Mutation**: each non-elite child swaps its activation for a different one
-   of ``activationPool`` with probability ``mutationRate``
-   (``["swap:gelu->relu"]``), otherwise it is a ``["clone"]``.
+1. **Halving.** The next generation keeps ``size = ceil(n / halvingEta)``
+   healthy candidates (at most ``n - 1``): ``topk`` keeps the best ``size``;
+   ``tournament`` picks them one by one, each the best of ``tournamentK``
+   uniform draws (with replacement) among those not yet picked.
+2. **Continue.** Each survivor continues its own checkpoint (weights,
+   optimizer state, data position) for ``stepsPerCandidate`` more steps
+   (``["continue"]``): nothing trained is thrown away.
+3. **Exploit/explore** (PBT). Every survivor but the best, with probability
+   ``mutationRate``, is replaced by a copy of a better survivor's checkpoint
+   (``topk``: the best; ``tournament``: a tournament among the better ones),
+   then explored: its activation swaps to another one of the pool with the
+   same weight shapes (gelu/relu/silu are interchangeable, swiglu is not), or
+   with ``lrGene`` its peak lr is halved or doubled (within ``lrGeneRange``).
+   Ops: ``["exploit:g1-c00", "swap:gelu->relu"]`` or
+   ``["exploit:g1-c00", "lr:0.001->0.002"]``. Without a possible move the
+   survivor just continues.
 
-If no candidate of a generation trained, the next one is re-seeded from the
-pool (``["reseed"]``). ``exhaustive`` trains every activation of the pool once,
-in a single generation; ``populationSize``, selection and mutation do not apply.
+If no candidate of a generation trained, the next one restarts from the pool
+from scratch (``["reseed"]``). ``exhaustive`` trains generation 0 only (every
+activation of the pool, or the activation x lr grid with ``lrGene``).
 
 All randomness comes from one ``random.Random`` owned by the search and seeded
 from the run's seed, so a search is reproducible.
@@ -38,6 +44,13 @@ from symbio.search.candidate import Candidate, CandidateResult, candidate_id
 
 RANK_BY = ("valLoss", "fitness")
 SELECTIONS = ("topk", "tournament")
+#: Explore factors of the lr gene (PBT perturbation).
+LR_FACTORS = (0.5, 2.0)
+
+
+def shape_family(activation: str) -> str:
+    """Activations whose FFN weights have the same shapes share a family."""
+    return "gated" if activation == "swiglu" else "two-matrix"
 
 
 def rank_key(result: CandidateResult, rank_by: str) -> tuple:
@@ -47,7 +60,7 @@ def rank_key(result: CandidateResult, rank_by: str) -> tuple:
         fit = result.fitness if result.fitness is not None else -math.inf
         return (0, -fit, result.candidate.ordinal)
     if rank_by == "valLoss":
-        return (0, result.best_val_loss, result.candidate.ordinal)
+        return (0, result.final_val_loss, result.candidate.ordinal)
     raise ValueError(f"rankBy: unknown value {rank_by!r} (choose from {', '.join(RANK_BY)})")
 
 
@@ -59,75 +72,105 @@ def rank(results: Sequence[CandidateResult], rank_by: str) -> list[CandidateResu
     return ranked
 
 
-def select_topk(ranked: Sequence[CandidateResult], n: int) -> list[CandidateResult]:
-    """``n`` parents cycling through the best ``ceil(len/2)`` trained candidates."""
-    survivors = [r for r in ranked if r.ok][: max(1, math.ceil(len(ranked) / 2))]
-    if not survivors:
-        return []
-    return [survivors[i % len(survivors)] for i in range(n)]
+def next_size(n: int, eta: float) -> int:
+    """Candidates kept from a generation of ``n``: ``ceil(n / eta)``, shrinking when eta > 1."""
+    if eta <= 1:
+        return n
+    return max(1, min(n - 1, math.ceil(n / eta)))
 
 
-def select_tournament(
-    ranked: Sequence[CandidateResult], n: int, k: int, rng: random.Random
+def select_survivors(
+    ranked: Sequence[CandidateResult], size: int, selection: str, k: int, rng: random.Random
 ) -> list[CandidateResult]:
-    """``n`` parents, each the best-ranked of ``k`` uniform draws (with replacement)."""
-    if not any(r.ok for r in ranked):
-        return []
+    """``size`` distinct healthy candidates, best-ranked first."""
+    ok = [r for r in ranked if r.ok]
+    if selection == "topk":
+        return ok[:size]
+    if selection != "tournament":
+        raise ValueError(f"selectionStrategy: unknown value {selection!r}")
     pos = {id(r): i for i, r in enumerate(ranked)}
-    parents = []
-    for _ in range(n):
-        entrants = [ranked[rng.randrange(len(ranked))] for _ in range(k)]
-        parents.append(min(entrants, key=lambda r: pos[id(r)]))
-    return parents
+    left, picked = list(ok), []
+    while left and len(picked) < size:
+        entrants = [left[rng.randrange(len(left))] for _ in range(k)]
+        best = min(entrants, key=lambda r: pos[id(r)])
+        picked.append(best)
+        left.remove(best)
+    return sorted(picked, key=lambda r: pos[id(r)])
 
 
-def mutate(activation: str, pool: Sequence[str], rate: float, rng: random.Random) -> str | None:
-    """With probability ``rate`` a different activation of ``pool``, else ``None`` (clone).
-
-    One uniform draw decides whether to mutate, then one picks the new
-    activation, so the mutation frequency is exactly ``rate`` in expectation.
-    """
-    choices = [a for a in pool if a != activation]
-    if rng.random() >= rate or not choices:
+def explore(
+    source: Candidate,
+    pool: Sequence[str],
+    lr_range: tuple[float, float] | None,
+    rng: random.Random,
+) -> tuple[str, float | None, str] | None:
+    """A PBT explore move from ``source``: ``(activation, lr, op)``, or None if none exists."""
+    swaps = [
+        a
+        for a in pool
+        if a != source.activation and shape_family(a) == shape_family(source.activation)
+    ]
+    kinds = (["swap"] if swaps else []) + (["lr"] if lr_range and source.lr else [])
+    if not kinds:
         return None
-    return rng.choice(choices)
+    if rng.choice(kinds) == "swap":
+        new = rng.choice(swaps)
+        return new, source.lr, f"swap:{source.activation}->{new}"
+    lo, hi = lr_range  # type: ignore[misc]
+    old = float(source.lr)  # type: ignore[arg-type]
+    factor = rng.choice(LR_FACTORS)
+    new_lr = min(hi, max(lo, old * factor))
+    if new_lr == old:  # at a bound: the other direction
+        new_lr = min(hi, max(lo, old / factor))
+    return source.activation, new_lr, f"lr:{old:.3g}->{new_lr:.3g}"
 
 
 def next_generation(
     ranked: Sequence[CandidateResult],
     *,
     generation: int,
+    size: int,
     pool: Sequence[str],
-    population_size: int,
     selection: str,
     tournament_k: int,
     mutation_rate: float,
-    base_seed: int,
+    lr_range: tuple[float, float] | None,
+    steps: int,
+    horizon: int,
     ordinal_start: int,
+    seed: int,
+    data_seed: int,
     rng: random.Random,
 ) -> list[Candidate]:
     """The children of a ranked generation (see the module docstring)."""
-    if selection not in SELECTIONS:
-        raise ValueError(f"selectionStrategy: unknown value {selection!r}")
-
-    def make(i: int, act: str, parents: tuple[str, ...], ops: tuple[str, ...]) -> Candidate:
-        ordinal = ordinal_start + i
-        return Candidate(
-            candidate_id(generation, i), act, generation, i, ordinal, base_seed + ordinal,
-            parent_ids=parents, mutation_ops=ops,
-        )  # fmt: skip
-
-    best = ranked[0] if ranked and ranked[0].ok else None
-    if best is None:  # nothing trained: start again from the pool
-        return [make(i, pool[i % len(pool)], (), ("reseed",)) for i in range(population_size)]
-    children = [make(0, best.activation, (best.candidate.candidate_id,), ("elite",))]
-    n = population_size - 1
-    if selection == "topk":
-        parents = select_topk(ranked, n)
-    else:
-        parents = select_tournament(ranked, n, tournament_k, rng)
-    for i, parent in enumerate(parents, start=1):
-        new = mutate(parent.activation, pool, mutation_rate, rng)
-        ops = (f"swap:{parent.activation}->{new}",) if new else ("clone",)
-        children.append(make(i, new or parent.activation, (parent.candidate.candidate_id,), ops))
+    survivors = select_survivors(ranked, size, selection, tournament_k, rng)
+    if not survivors:  # nothing trained: start again from the pool
+        return [
+            Candidate(
+                candidate_id(generation, i), pool[i % len(pool)], generation, i,
+                ordinal_start + i, seed, (), ("reseed",), data_seed=data_seed,
+                iters=steps, horizon=horizon,
+            )  # fmt: skip
+            for i in range(min(size, len(pool)))
+        ]
+    children = []
+    for i, parent in enumerate(survivors):
+        src, act, lr, ops = parent, parent.activation, parent.candidate.lr, ("continue",)
+        if i > 0 and rng.random() < mutation_rate:
+            # the source of the copy: the best, or a tournament among the better survivors
+            j = min(rng.randrange(i) for _ in range(tournament_k)) if selection == "tournament" else 0
+            source = survivors[j]
+            move = explore(source.candidate, pool, lr_range, rng)
+            if move is not None:
+                src, (act, lr, op) = source, move
+                ops = (f"exploit:{source.candidate.candidate_id}", op)
+        c = src.candidate
+        children.append(
+            Candidate(
+                candidate_id(generation, i), act, generation, i, ordinal_start + i, c.seed,
+                (c.candidate_id,), ops, data_seed=c.data_seed, lr=lr,
+                resume_from=c.candidate_id, start_step=src.total_steps,
+                iters=src.total_steps + steps, horizon=horizon,
+            )  # fmt: skip
+        )
     return children
