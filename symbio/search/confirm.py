@@ -129,14 +129,16 @@ class Confirmation:
         return min(healthy, key=lambda a: self.summary(a).mean) if healthy else None
 
     def winner(self) -> Arm | None:
-        """The recommended arm: the best if significantly better than the baseline, else the baseline."""
+        """The confirmed best arm (lowest mean test loss); ``switch()`` says if it is significant."""
+        return self.best()
+
+    def switch(self) -> bool:
+        """Is the winner significantly better than the baseline (95% CI of the difference < 0)?"""
         best, base = self.best(), self.arm("baseline")
-        if best is None:
-            return None
-        if base is None or not self.healthy(base) or best is base:
-            return best
+        if best is None or base is None or best is base or not self.healthy(base):
+            return False
         d = self.diff(best, base)
-        return best if d.significant and d.mean is not None and d.mean < 0 else base
+        return d.significant and d.mean is not None and d.mean < 0
 
     def arm_rows(self) -> list[dict[str, Any]]:
         """Per arm: roles, lr, test-loss mean/sd/values, differences vs baseline and gelu."""

@@ -58,33 +58,35 @@ def winner_record(run: SearchRun) -> dict[str, Any] | None:
     if arm is None:
         return None
     rep = representative(run, arm)
-    rows = {row["arm"]: row for row in conf.arm_rows()}
-    row = rows[arm.name]
+    row = next(row for row in conf.arm_rows() if row["arm"] == arm.name)
     healthy = [r for r in conf.results_of(arm) if r.ok]
-    best = conf.best()
     vs = row["vs_baseline"]
-    rec = _result_fields(rep) if rep is not None else {k: None for k in _RESULT_KEYS}
-    rec.update(
-        {
-            "activation": arm.activation,
-            "lr": arm.lr,
-            "arm": arm.name,
-            "confirmed": True,
-            "significant": bool(vs and vs["significant"]),
-            "best_mean_arm": best.name if best else None,
-            "test_loss_mean": row["test_loss_mean"],
-            "test_loss_sd": row["test_loss_sd"],
-            "n_seeds": row["n"],
-            "vs_baseline": vs,
-            "vs_gelu": row["vs_gelu"],
-            "best_val_loss": _mean([r.best_val_loss for r in healthy]),
-            "final_val_loss": _mean([r.final_val_loss for r in healthy]),
-            "final_loss": _mean([r.final_loss for r in healthy]),
-            "tokens_per_sec": _mean([r.tokens_per_sec for r in healthy]),
-            "run_dir": healthy[0].run_dir if healthy else rec.get("run_dir"),
-        }
-    )
-    return rec
+    return {
+        "activation": arm.activation,
+        "lr": arm.lr,
+        "arm": arm.name,
+        "confirmed": True,
+        "significant": bool(vs and vs["significant"]),
+        "switch": conf.switch(),
+        "test_loss_mean": row["test_loss_mean"],
+        "test_loss_sd": row["test_loss_sd"],
+        "n_seeds": row["n"],
+        "vs_baseline": vs,
+        "vs_gelu": row["vs_gelu"],
+        "total_steps": conf.steps,
+        # means over the arm's healthy confirmation runs
+        "best_val_loss": _mean([r.best_val_loss for r in healthy]),
+        "final_val_loss": _mean([r.final_val_loss for r in healthy]),
+        "final_loss": _mean([r.final_loss for r in healthy]),
+        "tokens_per_sec": _mean([r.tokens_per_sec for r in healthy]),
+        "param_count": healthy[0].param_count if healthy else None,
+        "run_dir": healthy[0].run_dir if healthy else None,
+        # the search candidate standing for it (the dashboard highlights it)
+        "candidate_id": rep.candidate.candidate_id if rep else None,
+        "generation": rep.candidate.generation if rep else None,
+        "search_rank": rep.rank if rep else None,
+        "search_val_loss": _finite_or_none(rep.final_val_loss) if rep else None,
+    }
 
 
 def recommendation(run: SearchRun, baseline: str) -> str:
@@ -98,7 +100,7 @@ def recommendation(run: SearchRun, baseline: str) -> str:
             f"Unconfirmed (confirmSeeds 0): the search ranked {top.activation} first "
             f"(val loss {top.final_val_loss:.4f}); confirm it before switching from {baseline}."
         )
-    winner, best, base = conf.winner(), conf.best(), conf.arm("baseline")
+    winner, base = conf.winner(), conf.arm("baseline")
     if winner is None:
         return "No confirmation run finished healthy; no recommendation."
     if base is None or not conf.healthy(base):
@@ -106,23 +108,20 @@ def recommendation(run: SearchRun, baseline: str) -> str:
             f"The baseline {baseline} failed its confirmation runs; {winner.name} was the best "
             f"healthy configuration (test loss {conf.summary(winner).mean:.4f})."
         )
-    if winner is base and best is base:
+    if winner is base:
         return (
             f"Keep --activation {baseline}: it had the lowest test loss of the confirmed "
             f"activations over {conf.seeds} paired seeds."
         )
-    d = conf.diff(best, base)  # type: ignore[arg-type]
-    ci = _ci(d.ci95)
-    if winner is base:
+    d = conf.diff(winner, base)
+    stats = f"test loss {_signed(d.mean)} vs {baseline} (95% CI {_ci(d.ci95)}, {d.n} paired seeds)"
+    if not conf.switch():
         return (
-            f"No significant difference: {best.name} vs {baseline} test loss "  # type: ignore[union-attr]
-            f"{_signed(d.mean)} (95% CI {ci}, {d.n} paired seeds); keep --activation {baseline}."
+            f"No significant difference: {winner.name} had the lowest mean, {stats}; "
+            f"keep --activation {baseline} (or confirm with more confirmSeeds)."
         )
     lr = f" --lr {winner.lr:.3g}" if winner.lr is not None else ""
-    return (
-        f"Consider --activation {winner.activation}{lr}: test loss {_signed(d.mean)} vs "
-        f"{baseline} (95% CI {ci}, {d.n} paired seeds). Not applied automatically."
-    )
+    return f"Consider --activation {winner.activation}{lr}: {stats}. Not applied automatically."
 
 
 # -- records ------------------------------------------------------------------------
@@ -353,10 +352,11 @@ def _winner_section(summary: dict[str, Any]) -> list[str]:
         out.append("No healthy winner.")
     elif w.get("confirmed"):
         out.append(
-            f"**{w['arm']}**: test loss {_f(w['test_loss_mean'])} ± {_f(w['test_loss_sd'])} "
-            f"(mean ± sd over {w['n_seeds']} seeds, held-out test split)"
+            f"**{w['arm']}**: test loss {_pm(w['test_loss_mean'], w['test_loss_sd'])} "
+            f"(mean ± sd over {w['n_seeds']} seeds x {w['total_steps']} steps, held-out test "
+            "split)"
             + ("" if w["significant"] or w["arm"] == summary["baseline_activation"]
-               else "; kept because no other activation was significantly better")  # fmt: skip
+               else "; not significantly better than the baseline")  # fmt: skip
             + "."
         )
     else:
@@ -386,7 +386,7 @@ def _confirmation_section(summary: dict[str, Any]) -> list[str]:
         lr = f"{a['lr']:.3g}" if a["lr"] is not None else "run's"
         out.append(
             f"| {a['arm']} | {', '.join(a['roles'])} | {lr} | {a['n']}/{conf['seeds']} "
-            f"| {_f(a['test_loss_mean'])} ± {_f(a['test_loss_sd'])} "
+            f"| {_pm(a['test_loss_mean'], a['test_loss_sd'])} "
             f"| {_diff(a['vs_baseline'])} | {_diff(a['vs_gelu'])} |"
         )
     bad = [u for a in conf["arms"] for u in a["unhealthy"]]
@@ -429,7 +429,7 @@ def _activation_section(rows: list[dict[str, Any]], base: str) -> list[str]:
         out.append(
             f"| {r['activation']} | {r['candidates']} | {r['unhealthy']} "
             f"| {_or(r['furthest_generation'])} | {_f(r['val_loss_there'])} "
-            f"| {_f(r.get('test_loss_mean'))} ± {_f(r.get('test_loss_sd'))} "
+            f"| {_pm(r.get('test_loss_mean'), r.get('test_loss_sd'))} "
             f"| {_diff(r.get('vs_baseline'))} |"
         )
     return out + [""]
@@ -493,6 +493,12 @@ def _result_fields(r: CandidateResult) -> dict[str, Any]:
 def _mean(xs: Sequence[float | None]) -> float | None:
     vals = [x for x in xs if x is not None and math.isfinite(x)]
     return sum(vals) / len(vals) if vals else None
+
+
+def _pm(mean: float | None, sd: float | None) -> str:
+    if mean is None:
+        return "not confirmed"
+    return f"{mean:.4f}" + (f" ± {sd:.4f}" if sd is not None else "")
 
 
 def _diff(d: dict[str, Any] | None) -> str:
