@@ -30,6 +30,7 @@ def test_tiny_search_from_the_cli(tmp_path):
                 "stepsPerCandidate": 30,
                 "metricsInterval": 10,
                 "mutationRate": 0.5,
+                "confirmSeeds": 2,
             }
         )  # fmt: skip
     )
@@ -53,25 +54,33 @@ def test_tiny_search_from_the_cli(tmp_path):
     assert summary["mode"] == "ffn-activation-search" and summary["status"] == "completed"
     assert summary["config"]["symbio"]["populationSize"] == 4
     assert summary["config"]["train"]["steps_per_candidate"] == 30
-    assert len(summary["final_population"]) == 4
-    assert len(lines) == 8 and [x["generation"] for x in lines] == [0] * 4 + [1] * 4
-    losses = [x["best_val_loss"] for x in lines]
-    assert all(v is not None and math.isfinite(v) for v in losses)
-    assert len(set(losses)) == len(losses)  # every candidate really trained on its own
-    assert {x["activation"] for x in lines[:4]} == {"gelu", "relu", "silu", "swiglu"}
-    for x in lines[4:]:
-        assert (
-            len(x["parent_ids"]) == 1
-            and x["mutation_ops"][0] in ("elite", "clone")
-            or (x["mutation_ops"][0].startswith("swap:"))
-        )
+    search = [x for x in lines if x["role"] == "search"]
+    confirm = [x for x in lines if x["role"] == "confirm"]
+    assert [x["generation"] for x in search] == [0] * 4 + [1] * 2  # halving: 4 -> 2
+    assert len(summary["final_population"]) == 2
+    assert all(v is not None and math.isfinite(v) for v in (x["final_val_loss"] for x in lines))
+    assert {x["activation"] for x in search[:4]} == {"gelu", "relu", "silu", "swiglu"}
+    assert len({x["seed"] for x in search[:4]}) == 1  # common random numbers
+    for x in search[4:]:  # survivors continue generation 0's checkpoints
+        assert x["parent_ids"][0] in {y["candidate_id"] for y in search[:4]}
+        assert x["mutation_ops"][0] in ("continue",) or x["mutation_ops"][0].startswith("exploit:")
+        assert (x["inherited_steps"], x["steps"], x["total_steps"]) == (30, 30, 60)
+    # confirmation: the pick, the baseline (swiglu) and gelu, 2 paired seeds x 60 steps, test split
+    arms = {x["activation"] for x in confirm}
+    assert {"swiglu", "gelu"} <= arms and len(confirm) == 2 * len(arms)
+    assert all(x["steps"] == 60 and x["test_loss"] is not None for x in confirm)
     winner = summary["winner"]
-    assert winner["activation"] in {"gelu", "relu", "silu", "swiglu"}
+    assert winner["confirmed"] and winner["activation"] in arms and winner["n_seeds"] == 2
+    assert winner["test_loss_mean"] == min(
+        a["test_loss_mean"] for a in summary["confirmation"]["arms"] if a["n"]
+    )
     assert [x for x in lines if x["is_winner"]] == [
-        x for x in lines if x["candidate_id"] == winner["candidate_id"] and x["generation"] == 1
+        x for x in lines if x["candidate_id"] == winner["candidate_id"]
     ]
-    assert winner["best_val_loss"] == min(losses[4:])
-    assert "## Winner" in report and winner["candidate_id"] in report and "delta" in report
+    assert summary["compute"]["total_steps"] == 4 * 30 + 2 * 30 + len(confirm) * 60
+    assert "## Confirmation" in report and "95%" in report and "## Compute" in report
+    assert proc.stdout.strip().splitlines()[-1].startswith("  lake")  # footer printed
+    assert f"winner      {winner['activation']}" in proc.stdout
 
     # -- the lake
     from storage import reader
@@ -81,17 +90,18 @@ def test_tiny_search_from_the_cli(tmp_path):
     run = reader.list_runs(lk).to_dicts()
     assert len(run) == 1 and run[0]["symbio_mode"] == "ffn-activation-search"
     assert run[0]["status"] == "completed"
-    assert json.loads(run[0]["symbio_winner"])["candidate_id"] == winner["candidate_id"]
+    assert json.loads(run[0]["symbio_winner"])["activation"] == winner["activation"]
     rid = run[0]["run_id"]
     m = reader.run_metrics(lk, rid)
-    assert m.height == 8 * 30 and m["step"].n_unique() == 240  # offsets keep steps unique
+    total = summary["compute"]["total_steps"]
+    assert m.height == total and m["step"].n_unique() == total  # offsets keep steps unique
     cols = ["symbio_candidate_id", "symbio_candidate_activation", "symbio_generation",
             "architecture_diversity", "activation_distribution"]  # fmt: skip
     assert all(m[c].null_count() == 0 for c in cols)
-    assert m["symbio_candidate_id"].n_unique() == 8
+    assert m["symbio_candidate_id"].n_unique() == len(lines)
     g1 = m.filter(m["symbio_generation"] == 1)
     assert g1["population_entropy"].null_count() == 0  # the parents' fitness entropy
     evaluated = m.drop_nulls("val_loss")["symbio_candidate_id"].unique()
-    assert evaluated.len() == 8  # every candidate was evaluated before ranking
+    assert evaluated.len() == len(lines)  # every candidate was evaluated before ranking
     cands = reader.search_candidates(lk, rid)
-    assert cands.height == 8 and cands["is_winner"].sum() == 1
+    assert cands.height == len(lines) and cands["is_winner"].sum() == 1

@@ -54,16 +54,17 @@ def test_search_flow_runs_each_candidate_as_a_task(prefect_harness, tmp_path, mo
 
     resolved = _resolved(
         tmp_path,
-        {"activationPool": ["gelu", "relu"], "populationSize": 2, "generations": 2,
-         "stepsPerCandidate": 6},
+        {"activationPool": ["gelu", "relu", "silu"], "generations": 2,
+         "stepsPerCandidate": 6, "confirmSeeds": 1},
     )  # fmt: skip
     outcome = run_search_flow(resolved, use_lake=False)
 
     assert outcome.status == "completed" and outcome.slots == 2
-    assert [len(g.ranked) for g in outcome.generations] == [2, 2]
+    assert [len(g.ranked) for g in outcome.generations] == [3, 2]
     assert all(r.ok for g in outcome.generations for r in g.ranked)
     summary = json.loads((resolved.run_dir / "symbio-summary.json").read_text())
-    assert summary["winner"]["activation"] in ("gelu", "relu")
+    assert summary["winner"]["activation"] in ("gelu", "relu", "silu", "swiglu")
+    assert summary["winner"]["confirmed"]
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
@@ -82,9 +83,12 @@ def test_search_flow_runs_each_candidate_as_a_task(prefect_harness, tmp_path, mo
     task_runs, artifacts = asyncio.run(_task_runs(fid))
     names = sorted(t.name for t in task_runs)
     train_runs = [n for n in names if n.startswith("train-g")]
-    assert train_runs == ["train-g0-c00-gelu", "train-g0-c01-relu"] + sorted(
+    expected = ["train-g0-c00-gelu", "train-g0-c01-relu", "train-g0-c02-silu"] + [
         f"train-{r.candidate.candidate_id}-{r.activation}" for r in outcome.generations[1].ranked
-    )
+    ]
+    assert train_runs == sorted(expected)
+    confirm_runs = [n for n in names if n.startswith("train-confirm-")]
+    assert len(confirm_runs) == len(outcome.confirmation.results) >= 2
     assert "spawn-candidates-g0" in names and "mutate-g1" in names
     assert {"rank-generation-0", "rank-generation-1"} <= set(names)
     assert all(t.state.type.value == "COMPLETED" for t in task_runs)

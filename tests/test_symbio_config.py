@@ -47,8 +47,18 @@ PRD_DEFAULTS = {
 }
 
 
+#: Search keys beyond PRD §7.3 (docs/search.md: halving, lr gene, confirmation).
+SEARCH_EXTENSIONS = {
+    "halvingEta": 2.0,
+    "lrGene": False,
+    "lrGeneRange": [1e-4, 3e-3],
+    "confirmSeeds": 3,
+    "confirmSteps": None,
+}
+
+
 def test_defaults_are_the_prd_defaults() -> None:
-    assert SymbioConfig().to_camel_dict() == PRD_DEFAULTS
+    assert SymbioConfig().to_camel_dict() == {**PRD_DEFAULTS, **SEARCH_EXTENSIONS}
     config, overrides = load_symbio_config(None)
     assert config == SymbioConfig() and overrides == {}
 

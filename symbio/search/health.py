@@ -37,7 +37,7 @@ def assess(r: CandidateResult) -> CandidateResult:
         return r
     if r.steps > 0 and r.skipped_steps > MAX_SKIP_FRACTION * r.steps:
         return r.failed(
-            f"stalled: {r.skipped_steps}/{r.steps} steps skipped by the NaN/spike guard",
+            f"{r.skipped_steps}/{r.steps} steps skipped by the NaN/spike guard",
             STALLED,
         )
     val, initial = r.final_val_loss, r.initial_loss
@@ -50,7 +50,7 @@ def assess(r: CandidateResult) -> CandidateResult:
         progress = (initial - recent) / abs(initial)
         if progress < MIN_PROGRESS:
             return r.failed(
-                f"stalled: training loss moved {100 * progress:.2f}% from the initial "
+                f"training loss moved {100 * progress:.2f}% from the initial "
                 f"{initial:.4g} (< {100 * MIN_PROGRESS:.0f}%)",
                 STALLED,
             )
