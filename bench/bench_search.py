@@ -73,6 +73,8 @@ def resolve(args: argparse.Namespace, name: str, run_dir: Path):
         "populationSize": args.population,
         "generations": 1,
         "stepsPerCandidate": args.steps,
+        "lrGene": True,  # fills the population beyond the 4-activation pool
+        "confirmSeeds": 0,  # one generation only: no confirmation runs
     }
     return resolve_run_config(
         {

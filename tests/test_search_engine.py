@@ -64,8 +64,9 @@ def test_data_seed_sets_the_batch_order_and_seed_the_weights(corpus, tmp_path):
 def test_every_eval_and_every_run_sees_the_same_val_windows(corpus, tmp_path):
     gelu = Trainer(tiny(corpus, tmp_path / "g", activation="gelu"), progress=False)
     swiglu = Trainer(tiny(corpus, tmp_path / "s", activation="swiglu", seed=3), progress=False)
-    first = [x for x, _ in gelu.data.fixed_batches("val", 2, 4)]
-    assert all(torch.equal(x, y) for x, (y, _) in zip(first, swiglu.data.fixed_batches("val", 2, 4)))
+    mine = [x for x, _ in gelu.data.fixed_batches("val", 2, 4)]
+    theirs = [x for x, _ in swiglu.data.fixed_batches("val", 2, 4)]
+    assert len(mine) == 2 and all(torch.equal(x, y) for x, y in zip(mine, theirs, strict=True))
     starts = gelu.data.fixed_starts("val", 8)
     assert starts[0] == 0 and starts[-1] == len(gelu.data.arrays["val"]) - 32 - 1
     assert np.all(np.diff(starts) > 0)  # strided over the whole split
