@@ -153,7 +153,8 @@ def _print_footer(outcome, seconds: float) -> None:
     else:
         print(f"alpha train: {outcome.status} in {seconds:.1f}s")
     if winner := getattr(outcome, "winner_activation", None):
-        print(f"  winner      {winner} (report only; train it with --activation={winner})")
+        note = getattr(outcome, "winner_note", None) or f"report only; train it with --activation={winner}"
+        print(f"  winner      {winner} ({note})")
     files = "config.json, metrics.jsonl, checkpoint, samples.txt" if res else "search artifacts"
     print(f"  run dir     {outcome.run_dir}  ({files})")
     print(f"  lake        {outcome.lake_url}  (run_id {outcome.run_id})")

@@ -76,7 +76,7 @@ class TrainConfig(BaseModel):
     lr_decay_iters: int | None = Field(None, ge=1)  # None: iters (the cosine's horizon)
     grad_clip: float = Field(1.0, ge=0.0)  # 0: no clipping
     spike_threshold: float = Field(0.0, ge=0.0)  # 0: off
-    spike_patience: int = Field(20, ge=0)  # consecutive spike skips before re-baselining; 0: never
+    spike_patience: int = Field(10, ge=0)  # spike skips in a row before re-baselining; 0: never
     weight_decay: float = Field(0.1, ge=0.0)
     beta1: float = Field(0.9, ge=0.0, lt=1.0)
     beta2: float = Field(0.95, ge=0.0, lt=1.0)

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from model.errors import CheckpointError, ConfigError
 from model.hooks import TrainerHook
 from symbio.search.candidate import CONFIRM, Candidate, CandidateResult
-from symbio.search.confirm import Confirmation
+from symbio.search.confirm import Confirmation, arms_for
 from symbio.search.estimate import (
     Estimate,
     estimate_runs,
@@ -115,6 +115,20 @@ class SearchOutcome:
     @property
     def winner_activation(self) -> str | None:
         return self.winner["activation"] if self.winner else None
+
+    @property
+    def winner_note(self) -> str | None:
+        """How far to trust the winner, for the CLI footer."""
+        w = self.winner
+        if not w:
+            return None
+        if not w.get("confirmed"):
+            return "unconfirmed; report only"
+        base = self.summary.get("baseline_activation")
+        if w["activation"] != base and not w.get("switch"):
+            return f"not significantly better than {base}; keep {base}"
+        lr = f" --lr={w['lr']:.3g}" if w.get("lr") is not None else ""
+        return f"confirmed on held-out data; report only, train it with --activation={w['activation']}{lr}"
 
     @property
     def search(self) -> dict[str, Any]:
@@ -578,10 +592,12 @@ class _Search:
         if self.plan.confirm_seeds < 1:
             print("confirmation: off (confirmSeeds 0); the winner is unconfirmed", flush=True)
             return
+        arms = arms_for(top.candidate if top else None, self.plan.baseline)
+        names = ", ".join(f"{a.name} ({', '.join(a.roles)})" for a in arms)
         print(
-            f"confirmation: {top.activation if top else 'no pick'} (the search's pick) vs "
-            f"{self.plan.baseline} (baseline) vs gelu, {self.plan.confirm_seeds} paired seeds x "
-            f"{self.plan.confirm_length} steps, evaluated on the held-out test split",
+            f"confirmation of {names}: {self.plan.confirm_seeds} paired seeds x "
+            f"{self.plan.confirm_length} steps each, from scratch, evaluated on the held-out "
+            "test split",
             flush=True,
         )
         assert self.trainer is not None
