@@ -33,15 +33,15 @@ _RESULT_KEYS = (
 
 
 def representative(run: SearchRun, arm: Arm) -> CandidateResult | None:
-    """The search candidate standing for ``arm``: the nominee, else the furthest healthy one."""
+    """The search candidate standing for ``arm``: the nominee, else the latest-generation
+    best-ranked candidate of its activation (and lr)."""
     top = run.nominee
     if top is not None and "top" in arm.roles:
         return top
-    for gen in reversed(run.generations):
-        for r in gen.ranked:
-            if r.activation == arm.activation and r.candidate.lr == arm.lr:
-                return r
-    return None
+    results = [r for gen in reversed(run.generations) for r in gen.ranked]
+    same = [r for r in results if r.activation == arm.activation]
+    exact = [r for r in same if r.candidate.lr == arm.lr]
+    return (exact or same or [None])[0]
 
 
 def winner_record(run: SearchRun) -> dict[str, Any] | None:
