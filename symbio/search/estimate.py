@@ -71,7 +71,7 @@ class Estimate:
         note = "" if slots == 1 else f"; assumes no speed-up from {slots} concurrent slots"
         return (
             f"estimated search time {format_duration(self.total_s)} "
-            f"({self.candidates} candidates x {format_duration(self.per_candidate_s)}; {how}{note})"
+            f"({self.candidates} runs x {format_duration(self.per_candidate_s)} on average; {how}{note})"
         )
 
 
