@@ -352,6 +352,16 @@ def _describe(r: CandidateResult) -> str:
     return f"val {val}{test} at step {r.total_steps}{skips} | {tps} | {r.elapsed_s:.1f}s"
 
 
+def _arm_line(row: dict[str, Any]) -> str:
+    """``  gelu: test 2.5683 ± 0.0142 over 3 seeds; vs baseline -0.0616: lower (better)``."""
+    mean, sd, vs = row["test_loss_mean"], row["test_loss_sd"], row["vs_baseline"]
+    text = f"  {row['arm']:>12}: test " + (f"{mean:.4f}" if mean is not None else "-")
+    text += (f" ± {sd:.4f}" if sd is not None else "") + f" over {row['n']} seeds"
+    if vs and vs["mean_diff"] is not None:
+        text += f"; vs baseline {vs['mean_diff']:+.4f}: {vs['verdict']}"
+    return text
+
+
 def _one_line(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]
@@ -606,12 +616,7 @@ class _Search:
         )
         self._record(self.confirmation.results, None)
         for row in self.confirmation.arm_rows():
-            vs = row["vs_baseline"]
-            ci = f"; vs baseline {vs['mean_diff']:+.4f} ({vs['verdict']})" if vs and vs[
-                "mean_diff"] is not None else ""  # fmt: skip
-            mean = f"{row['test_loss_mean']:.4f}" if row["test_loss_mean"] is not None else "-"
-            sd = f" ± {row['test_loss_sd']:.4f}" if row["test_loss_sd"] is not None else ""
-            print(f"  {row['arm']:>12}: test {mean}{sd} over {row['n']} seeds{ci}", flush=True)
+            print(_arm_line(row), flush=True)
 
     def _record(self, results: Sequence[CandidateResult], gen: GenerationResult | None) -> None:
         """Candidate records as they finish (jsonl, lake); rewritten with the winner at the end."""
