@@ -121,12 +121,14 @@ class Trainer:
         step_offset: int = 0,
         progress: bool = True,
         run_meta: dict[str, Any] | None = None,
-        eval_test: bool = False,
+        eval_test: bool | None = None,
         allow_activation_change: bool = False,
     ) -> None:
         self.cfg = cfg
-        #: evaluate the held-out ``test`` split once, at the end (``TrainResult.test_loss``)
-        self.eval_test = eval_test
+        #: evaluate the held-out ``test`` split once, at the end (``TrainResult.test_loss``);
+        #: None: when there is one (``test_fraction > 0``). The search passes False for its
+        #: candidates: nothing it selects on may see the test split.
+        self.eval_test = cfg.test_fraction > 0 if eval_test is None else eval_test
         #: resume a checkpoint of another FFN activation with the same shapes (gelu/relu/silu)
         self.allow_activation_change = allow_activation_change
         self.hooks = tuple(hooks)

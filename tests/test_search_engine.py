@@ -81,10 +81,12 @@ def test_test_split_is_held_out_of_val_and_train(corpus, tmp_path):
     assert len(held["test"]) == 50 and "test" not in plain
     with pytest.raises(ConfigError, match="--test-fraction"):
         split_tokens(tokens, None, 60, 0.5)
-    res = train(tiny(corpus, tmp_path / "t", test_fraction=0.5), progress=False, eval_test=True)
+    res = train(tiny(corpus, tmp_path / "t", test_fraction=0.5), progress=False)  # default: yes
     assert res.test_loss is not None and math.isfinite(res.test_loss)
     assert res.test_loss != res.final_val_loss
-    assert train(tiny(corpus, tmp_path / "u", test_fraction=0.5), progress=False).test_loss is None
+    assert train(tiny(corpus, tmp_path / "u", test_fraction=0.5), progress=False,
+                 eval_test=False).test_loss is None  # fmt: skip
+    assert train(tiny(corpus, tmp_path / "w"), progress=False).test_loss is None  # no split
     trainer = Trainer(tiny(corpus, tmp_path / "v"), progress=False)
     with pytest.raises(ConfigError, match="no 'test' split"):
         trainer.evaluate("test")

@@ -112,7 +112,7 @@ def run_probe(
     )
     t0 = time.perf_counter()
     try:
-        result = train_fn(pcfg, (), run_id="search-probe", progress=False)
+        result = train_fn(pcfg, (), run_id="search-probe", progress=False, eval_test=False)
     finally:
         wall = time.perf_counter() - t0
         shutil.rmtree(scratch, ignore_errors=True)
