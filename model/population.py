@@ -175,6 +175,25 @@ class _Family:
         P, V = self.P, self.mc.vocab_size
         self.vocab_offsets = (torch.arange(P, device=self.device) * V).view(P, 1, 1)
         self._consts: dict[tuple, torch.Tensor] = {}
+        self.base_batch = first.cfg.batch
+        self._compiled = (
+            torch.compile(self.losses) if all(m.cfg.compile for m in members) else None
+        )
+
+    def run(
+        self, idx: torch.Tensor, targets: torch.Tensor, counts: torch.Tensor | None, train: bool
+    ) -> torch.Tensor:
+        """``losses``, through ``torch.compile`` when every member asked for ``--compile``.
+
+        As in ``Trainer``: the configured batch runs a static-shape graph; the first
+        other size compiles one graph with a symbolic batch dim for all later sizes.
+        """
+        if self._compiled is None:
+            return self.losses(idx, targets, counts, train)
+        if idx.size(1) != self.base_batch:
+            torch._dynamo.maybe_mark_dynamic(idx, 1)
+            torch._dynamo.maybe_mark_dynamic(targets, 1)
+        return self._compiled(idx, targets, counts, train)
 
     def _activation_slices(self) -> list[tuple[int, int, Callable]]:
         """``(start, end, fn)`` per run of equal activations (members are sorted by it)."""
@@ -215,27 +234,28 @@ class _Family:
         x = _dropout(x, p).view(P, B * T, C)
         for i in range(mc.n_layer):
             pre = f"blocks.{i}."
-            x = x + self._attn(_ln(x, w[pre + "ln_1.weight"]), pre, B, T, p)
-            x = x + self._mlp(_ln(x, w[pre + "ln_2.weight"]), pre, p)
-        x = _ln(x, w["ln_f.weight"])
-        logits = torch.bmm(x, w["wte.weight"].transpose(1, 2))
+            x = x + self._attn(_norm(x), w[pre + "ln_1.weight"], pre, B, T, p)
+            x = x + self._mlp(_norm(x), w[pre + "ln_2.weight"], pre, p)
+        logits = _linear(_norm(x), _fold(w["wte.weight"], w["ln_f.weight"]))  # tied lm_head
         ce = F.cross_entropy(
             logits.reshape(-1, V).float(), targets.reshape(-1), reduction="none",
             ignore_index=IGNORE,
         ).view(P, -1)  # fmt: skip
         return ce.mean(1) if counts is None else ce.sum(1) / counts
 
-    def _attn(self, x: torch.Tensor, pre: str, B: int, T: int, p: float) -> torch.Tensor:
+    def _attn(
+        self, x: torch.Tensor, ln: torch.Tensor, pre: str, B: int, T: int, p: float
+    ) -> torch.Tensor:
         P, _, C = x.shape
         H = self.mc.n_head
-        qkv = _linear(x, self.w[pre + "attn.c_attn.weight"]).view(P * B, T, 3 * C)
+        qkv = _linear(x, _fold(self.w[pre + "attn.c_attn.weight"], ln)).view(P * B, T, 3 * C)
         q, k, v = (t.view(P * B, T, H, C // H).transpose(1, 2) for t in qkv.split(C, dim=2))
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         y = y.transpose(1, 2).contiguous().view(P, B * T, C)
         return _dropout(_linear(y, self.w[pre + "attn.c_proj.weight"]), p)
 
-    def _mlp(self, x: torch.Tensor, pre: str, p: float) -> torch.Tensor:
-        h = _linear(x, self.w[pre + "mlp.c_fc.weight"])
+    def _mlp(self, x: torch.Tensor, ln: torch.Tensor, pre: str, p: float) -> torch.Tensor:
+        h = _linear(x, _fold(self.w[pre + "mlp.c_fc.weight"], ln))
         if not self.acts:  # swiglu: [W_gate; W_up] in one matrix, as in model.gpt.SwiGLU
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
@@ -290,9 +310,19 @@ def _linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.bmm(x, weight.transpose(1, 2))
 
 
-def _ln(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """LayerNorm without bias (eps 1e-5, as ``nn.LayerNorm``), weight ``[P, C]``."""
-    return F.layer_norm(x, x.shape[-1:]) * weight.unsqueeze(1)
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm without affine part (eps 1e-5, as ``nn.LayerNorm``); see ``_fold``."""
+    return F.layer_norm(x, x.shape[-1:])
+
+
+def _fold(weight: torch.Tensor, ln_weight: torch.Tensor) -> torch.Tensor:
+    """``W * g`` so that ``norm(x) @ (W * g)^T == (norm(x) * g) @ W^T``.
+
+    Every LayerNorm feeds exactly one linear layer, so its gain is applied to the
+    (small) weight instead of the (large) activations: no activation-sized
+    multiply forward or backward. Autograd still gives both their gradients.
+    """
+    return weight * ln_weight.unsqueeze(1)
 
 
 def _dropout(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -424,7 +454,7 @@ class Population:
                     batches.append(t._next[1])
                 x, y, counts = fam.stack(batches)
                 with fam.autocast():
-                    loss = fam.losses(x, y, counts, train=True)
+                    loss = fam.run(x, y, counts, train=True)
                 for m in fam.members:
                     if m.active:
                         m.trainer._next = m.trainer._fetch(m.batch_size)  # overlaps the GPU
@@ -483,7 +513,7 @@ class Population:
                         batches.append(_dummy(m.trainer, m.cfg.batch))
                 x, y, counts = fam.stack(batches)
                 with fam.autocast():
-                    per_round.append(fam.losses(x, y, counts, train=False))
+                    per_round.append(fam.run(x, y, counts, train=False))
             table = torch.stack(per_round)  # [rounds, P]
             means = torch.stack([table[: m.cfg.eval_iters, m.slot].mean() for m in mine])
             for m, v in zip(mine, means.tolist(), strict=True):

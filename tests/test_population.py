@@ -18,7 +18,9 @@ from model import checkpoint as ckpt_io
 from model.config import SHIPPED_CORPUS, build_train_config
 from model.hooks import TrainerHook
 from model.population import Population, train_population
-from model.trainer import train
+from model.trainer import Trainer, train
+from symbio.config import SymbioConfig
+from symbio.hook import SymbioHook
 
 ROW_KEYS = {
     "run_id", "step", "loss", "val_loss", "lr", "grad_norm", "clip_coef", "clip_pct",
@@ -92,11 +94,23 @@ def assert_same_run(s, b) -> None:
 def test_two_activations_of_one_family_match_single_runs(corpus: Path, tmp_path: Path) -> None:
     """gelu + relu share one stacked model; 20 steps, evals at 10 and 20."""
     specs = [{"activation": "gelu", "seed": 7}, {"activation": "relu", "seed": 8, "lr": 1e-3}]
-    pop = Population([tiny(corpus, tmp_path / f"p{i}", iters=1, **s) for i, s in enumerate(specs)])
+    singles = [
+        Trainer(tiny(corpus, tmp_path / f"s{i}", **s), run_id="r-pop", step_offset=20 * i,
+                progress=False)
+        for i, s in enumerate(specs)
+    ]  # fmt: skip
+    single = [t.fit() for t in singles]
+    cfgs = [tiny(corpus, tmp_path / f"b{i}", **s) for i, s in enumerate(specs)]
+    pop = Population(cfgs, run_id="r-pop", step_offsets=[0, 20])
     assert len(pop.families) == 1 and pop.families[0].P == 2
-    single, batched = both(corpus, tmp_path, specs, run_id="r-pop", offsets=[0, 20])
+    batched = pop.fit()
     for s, b in zip(single, batched, strict=True):
         assert_same_run(s, b)
+    for alone, member in zip(singles, pop.trainers, strict=True):
+        # the candidate's own module holds its trained weights (views of the stacked ones)
+        for (name, p), q in zip(member.model.named_parameters(), alone.model.parameters(),
+                                strict=True):  # fmt: skip
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
     out = rows(batched[1].run_dir)
     assert set(out[0]) == ROW_KEYS and out[0]["run_id"] == "r-pop"
     assert [r["step"] for r in out] == list(range(21, 41))
@@ -191,3 +205,20 @@ def test_a_failing_hook_fails_only_its_candidate(corpus: Path, tmp_path: Path) -
     assert (Path(bad.run_dir) / "error.log").exists()
     alone = train(tiny(corpus, tmp_path / "z", iters=8, seed=3), progress=False)
     assert good.status == "completed" and good.losses == pytest.approx(alone.losses, rel=REL)
+
+
+def test_symbio_hook_sees_each_candidates_model(corpus: Path, tmp_path: Path) -> None:
+    """Weight metrics and MI forward hooks on ``trainer.model`` give the single run's values."""
+    cfg = SymbioConfig(metrics_interval=5, track_mi_profiles=True, adaptive_batch=False)
+    columns = ("weight_entropy", "effective_rank", "free_energy", "mi_input_repr", "cusum_grad")
+    specs = [{"iters": 10, "activation": "silu"}, {"iters": 10, "activation": "swiglu"}]
+    single, batched = both(corpus, tmp_path, specs, hooks=lambda i: [SymbioHook(cfg)])
+    for s, b in zip(single, batched, strict=True):
+        assert_same_run(s, b)
+        srows, brows = rows(s.run_dir), rows(b.run_dir)
+        assert [r["step"] for r in brows if "weight_entropy" in r] == [5, 10]
+        for rs, rb in zip(srows, brows, strict=True):
+            for key in columns:
+                assert (key in rs) == (key in rb), key
+                if key in rs:
+                    assert rb[key] == pytest.approx(rs[key], rel=1e-3, abs=1e-6), key
