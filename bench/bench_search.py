@@ -386,6 +386,10 @@ def _gpu_name(device: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.smoke:
+        import torch
+
+        torch.set_num_threads(1)  # tiny models: one thread is faster and steadier on a busy CPU
     os.environ["ALPHA_SEARCH_PROBE_STEPS"] = "0"  # this script probes once per config itself
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [n for n in names if n not in CONFIGS]

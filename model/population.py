@@ -20,11 +20,14 @@ How it is put together (and why it matches the single trainer):
   candidate's own ``torch.optim.AdamW`` (the trainer's, fused on CUDA) updates
   them in place: per-candidate lr, weight-decay groups, moments and step count
   with torch's numerics, and checkpoints in the unchanged format.
-- **One batched forward per family** (``_Family.losses``): embeddings through a
-  ``[P*V, C]`` table, LayerNorm, ``torch.bmm`` for every linear layer, flash
-  SDPA over a ``P*B`` batch, each activation applied to its candidates' slice
-  (members are sorted by activation), per-candidate mean cross-entropy. The
-  backward of the summed losses gives every candidate exactly its own gradient.
+- **One batched forward per family** (``_Family.losses``, plain torch ops):
+  embeddings through a ``[P*V, C]`` table, ``torch.bmm`` for every linear layer
+  (LayerNorm gains folded into the next layer's weight), flash SDPA over a
+  ``P*B`` batch, each activation applied to its candidates' slice (members are
+  sorted by activation), per-candidate mean cross-entropy. The backward of the
+  summed losses gives every candidate exactly its own gradient. (``torch.func``
+  ``vmap`` over ``GPT.forward`` was tried: it has no batching rule for flash
+  SDPA, falls back to a per-candidate loop, and cannot mix activations.)
 - **Per candidate:** its own data stream (its trainer's prefetching sampler),
   gradient clipping (``clip_grad_norm_`` over its parameters), NaN/spike guard
   (its update is skipped, the others go on), eval on its own validation batches
@@ -440,6 +443,14 @@ class Population:
         """
         all_losses, all_norms, pos = [], [], 0
         for fam in self.families:
+            for m in fam.members:
+                m.pos = pos + m.slot
+            pos += fam.P
+            if not any(m.active for m in fam.members):  # a finished family costs nothing
+                idle = torch.zeros(fam.P, device=fam.device)
+                all_losses.append(idle)
+                all_norms.append(idle)
+                continue
             weights = fam.const([(1.0 if m.active else 0.0) / fam.accum for m in fam.members])
             loss_sum = None
             for _ in range(fam.accum):
@@ -462,9 +473,6 @@ class Population:
                 loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
             all_losses.append(loss_sum / fam.accum)
             all_norms.append(torch.stack([self._clip(m) for m in fam.members]))
-            for m in fam.members:
-                m.pos = pos + m.slot
-            pos += fam.P
         return torch.cat(all_losses), torch.cat(all_norms)
 
     @staticmethod
@@ -533,17 +541,13 @@ class Population:
         events: list[str],
     ) -> dict[str, Any]:
         """Eval bookkeeping and checkpoint (as ``Trainer._eval_and_checkpoint``), the row."""
-        t, cfg, local, result = m.trainer, m.cfg, m.local, m.result
+        t, cfg, result = m.trainer, m.cfg, m.result
         val_loss = vals.get(m.index)
         if m.index in vals:
             result.final_val_loss = val_loss
             if val_loss is not None and (t.best_val_loss is None or val_loss < t.best_val_loss):
                 t.best_val_loss = val_loss
-        due = local % cfg.checkpoint_interval == 0 if cfg.checkpoint_interval else val_loss is not None
-        if due or local == cfg.iters:
-            t.save_checkpoint(local)
-            result.checkpoint_path = str(t.checkpoint_path)
-            events.append("checkpoint")
+        self._checkpoint_if_due(m, val_loss, events)
         clip_coef = _clip_coef(cfg.grad_clip, norm_v)
         tokens = m.batch_size * cfg.block * cfg.grad_accum
         return {
@@ -563,6 +567,19 @@ class Population:
             "timestamp": datetime.now(UTC),
             "event": ",".join(events) or None,
         }
+
+    @staticmethod
+    def _checkpoint_if_due(m: _Member, val_loss: float | None, events: list[str]) -> None:
+        """The checkpoint rule of ``Trainer._eval_and_checkpoint``: same steps, same file."""
+        t, cfg, local = m.trainer, m.cfg, m.local
+        if cfg.checkpoint_interval:
+            due = local % cfg.checkpoint_interval == 0
+        else:
+            due = val_loss is not None
+        if due or local == cfg.iters:
+            t.save_checkpoint(local)
+            m.result.checkpoint_path = str(t.checkpoint_path)
+            events.append("checkpoint")
 
     @staticmethod
     def _after_step(m: _Member, row: dict[str, Any]) -> None:

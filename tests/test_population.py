@@ -119,7 +119,8 @@ def test_two_activations_of_one_family_match_single_runs(corpus: Path, tmp_path:
 
 
 def test_swiglu_and_gelu_are_two_families(corpus: Path, tmp_path: Path) -> None:
-    specs = [{"activation": "swiglu", "seed": 3}, {"activation": "gelu", "seed": 3},
+    """Two stacked models in one step; the swiglu family finishes first and goes idle."""
+    specs = [{"activation": "swiglu", "seed": 3, "iters": 12}, {"activation": "gelu", "seed": 3},
              {"activation": "silu", "seed": 4}]  # fmt: skip
     cfgs = [tiny(corpus, tmp_path / f"p{i}", iters=1, **s) for i, s in enumerate(specs)]
     pop = Population(cfgs)
