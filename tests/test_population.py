@@ -122,7 +122,7 @@ def test_swiglu_and_gelu_are_two_families(corpus: Path, tmp_path: Path) -> None:
     """Two stacked models in one step; the swiglu family finishes first and goes idle."""
     specs = [{"activation": "swiglu", "seed": 3, "iters": 12}, {"activation": "gelu", "seed": 3},
              {"activation": "silu", "seed": 4}]  # fmt: skip
-    cfgs = [tiny(corpus, tmp_path / f"p{i}", iters=1, **s) for i, s in enumerate(specs)]
+    cfgs = [tiny(corpus, tmp_path / f"p{i}", **{**s, "iters": 1}) for i, s in enumerate(specs)]
     pop = Population(cfgs)
     assert sorted(f.P for f in pop.families) == [1, 2]
     single, batched = both(corpus, tmp_path, specs)
