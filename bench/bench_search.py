@@ -32,8 +32,8 @@ characters of ``--data`` to bound the per-candidate tokenizer training), ``small
     python bench/bench_search.py --smoke
     # GPU (one H200, ~3 minutes): engine and code configs, 6 candidates x 500 steps
     python bench/bench_search.py --device cuda --configs engine,code --steps 500
-    # the older concurrency-slots measurement
-    python bench/bench_search.py --compare slots --device cuda --configs engine,small --slots 1,2,3
+    # the older concurrency-slots measurement (--slots implies --compare slots)
+    python bench/bench_search.py --device cuda --configs engine,small --steps 1000 --slots 1,2,3
 
 Prints a table to stderr and one JSON line per config to stdout. Imports the
 engine, symbio and the run resolver only (no lake, Prefect or Dash).
@@ -75,7 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     default_data = SHARED_DATA if SHARED_DATA.exists() else ROOT / "model/corpus/shakespeare.txt"
-    p.add_argument("--compare", default="batched", choices=("batched", "slots"))
+    p.add_argument(
+        "--compare", choices=("batched", "slots"), help="default: slots if --slots is given"
+    )
     p.add_argument("--smoke", action="store_true", help="CPU smoke check: tiny configs, seconds")
     p.add_argument("--data", default=str(default_data))
     p.add_argument("--code-chars", type=int, default=1_000_000, help="text of the code config")
@@ -83,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--configs", default=None, help="comma-separated (default by device/mode)")
     p.add_argument("--steps", type=int, default=None, help="steps per candidate")
     p.add_argument("--population", type=int, default=6)
-    p.add_argument("--slots", default="1,2,3" if cuda else "1,2", help="comma-separated")
+    p.add_argument("--slots", default=None, help="comma-separated (default 1,2,3 / CPU 1,2)")
     p.add_argument("--generations", type=int, default=4, help="of the extrapolated search")
     p.add_argument("--full-steps", type=int, default=1000, help="of the extrapolated search")
     p.add_argument("--eval-interval", type=int, default=250)
@@ -95,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--seed", type=int, default=1337)
     args = p.parse_args(argv)
+    args.compare = args.compare or ("slots" if args.slots else "batched")
+    args.slots = args.slots or ("1,2,3" if cuda else "1,2")
     if args.smoke:
         args.device, args.population = "cpu", min(args.population, 4)
         args.configs = args.configs or "tiny,code-tiny"
