@@ -55,7 +55,7 @@ def run(name: str, args: argparse.Namespace) -> int:
 
 def _runs(args: argparse.Namespace) -> int:
     from storage.lake import LakeError, open_lake
-    from storage.reader import list_runs
+    from storage.reader import list_runs, read_report
     from storage.schema import RUN_STATUSES
 
     if args.status is not None and args.status not in RUN_STATUSES:
@@ -64,18 +64,21 @@ def _runs(args: argparse.Namespace) -> int:
         raise CliError("--limit must be at least 1")
     try:
         lake = open_lake(args.lake)
-        df = list_runs(
-            lake,
-            status=args.status,
-            symbio=True if args.symbio else None,
-            domain=args.domain,
-            search=args.search,
-            limit=args.limit,
-        )
+        with read_report() as report:
+            df = list_runs(
+                lake,
+                status=args.status,
+                symbio=True if args.symbio else None,
+                domain=args.domain,
+                search=args.search,
+                limit=args.limit,
+            )
     except LakeError as exc:
         raise CliError(f"--lake: {exc}") from None
     except OSError as exc:
         raise CliError(f"cannot read the lake: {type(exc).__name__}: {exc}") from None
+    if (warning := report.warning()) is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     if df.height == 0:
         print(f"no runs in {lake.url}", file=sys.stderr)
         return 0
