@@ -102,7 +102,7 @@ def route(lake: Lake, pathname: str | None, search: str | None, *, poll_ms: int)
     if warning is None:
         return page
     log.warning("page %s: %s", pathname, warning)
-    return [c.warning_banner(warning, id="lake-warning"), page]
+    return html.Div([c.warning_banner(warning, id="lake-warning"), page])
 
 
 def _page(lake: Lake, pathname: str | None, search: str | None, *, poll_ms: int) -> Any:
