@@ -1,5 +1,9 @@
 """``alpha runs`` (list runs in the lake) and ``alpha lake flush`` (land the spool).
 
+``alpha runs`` lists what it can read: unreadable lake objects are skipped and
+named in one warning line on stderr. ``alpha lake flush`` lands spooled batches
+and rescued rows (through the gate); it exits 1 while anything is left.
+
 Imports neither Prefect nor Dash nor Great Expectations.
 """
 
@@ -40,7 +44,9 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
         )
         return
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    flush = sub.add_parser("flush", help="land batches spooled while the lake was unreachable")
+    flush = sub.add_parser(
+        "flush", help="land batches spooled while the lake was unreachable, and rescued rows"
+    )
     flush.add_argument("--lake", default=None, help="only batches for this lake (default: all)")
     flush.add_argument(
         "--spool",
@@ -121,5 +127,5 @@ def _flush(args: argparse.Namespace) -> int:
             raise CliError(f"--lake: {exc}") from None
     spool = Spool(args.spool)
     landed, left = flush_spool(lake_url, spool.dir)
-    print(f"landed {landed} batch(es) from {spool.dir}; {left} left")
+    print(f"landed {landed} batch(es) or rescued file(s) from {spool.dir}; {left} left")
     return 0 if left == 0 else 1

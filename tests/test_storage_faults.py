@@ -250,9 +250,7 @@ def test_full_lake_disk_leaves_no_partial_tmp_and_spooled_rows_land_with_flush(
     assert leftovers == [], leftovers  # no .tmp (nor anything else) in the lake
     filler.unlink()
     assert alpha(["lake", "flush", "--lake", str(tiny_disk / "lake")]) == 0
-    assert sorted(r["step"] for r in _lake_rows(tiny_disk / "lake", "full-3")) == list(
-        range(1, 91)
-    )
+    assert sorted(r["step"] for r in _lake_rows(tiny_disk / "lake", "full-3")) == list(range(1, 91))
     assert reader.get_run(lake, "full-3")["status"] == "running"
 
 
