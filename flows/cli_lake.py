@@ -1,5 +1,9 @@
 """``alpha runs`` (list runs in the lake) and ``alpha lake flush`` (land the spool).
 
+``alpha runs`` lists what it can read: unreadable lake objects are skipped and
+named in one warning line on stderr. ``alpha lake flush`` lands spooled batches
+and rescued rows (through the gate); it exits 1 while anything is left.
+
 Imports neither Prefect nor Dash nor Great Expectations.
 """
 
@@ -40,7 +44,9 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
         )
         return
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    flush = sub.add_parser("flush", help="land batches spooled while the lake was unreachable")
+    flush = sub.add_parser(
+        "flush", help="land batches spooled while the lake was unreachable, and rescued rows"
+    )
     flush.add_argument("--lake", default=None, help="only batches for this lake (default: all)")
     flush.add_argument(
         "--spool",
@@ -55,7 +61,7 @@ def run(name: str, args: argparse.Namespace) -> int:
 
 def _runs(args: argparse.Namespace) -> int:
     from storage.lake import LakeError, open_lake
-    from storage.reader import list_runs
+    from storage.reader import list_runs, read_report
     from storage.schema import RUN_STATUSES
 
     if args.status is not None and args.status not in RUN_STATUSES:
@@ -64,18 +70,21 @@ def _runs(args: argparse.Namespace) -> int:
         raise CliError("--limit must be at least 1")
     try:
         lake = open_lake(args.lake)
-        df = list_runs(
-            lake,
-            status=args.status,
-            symbio=True if args.symbio else None,
-            domain=args.domain,
-            search=args.search,
-            limit=args.limit,
-        )
+        with read_report() as report:
+            df = list_runs(
+                lake,
+                status=args.status,
+                symbio=True if args.symbio else None,
+                domain=args.domain,
+                search=args.search,
+                limit=args.limit,
+            )
     except LakeError as exc:
         raise CliError(f"--lake: {exc}") from None
     except OSError as exc:
         raise CliError(f"cannot read the lake: {type(exc).__name__}: {exc}") from None
+    if (warning := report.warning()) is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     if df.height == 0:
         print(f"no runs in {lake.url}", file=sys.stderr)
         return 0
@@ -118,5 +127,5 @@ def _flush(args: argparse.Namespace) -> int:
             raise CliError(f"--lake: {exc}") from None
     spool = Spool(args.spool)
     landed, left = flush_spool(lake_url, spool.dir)
-    print(f"landed {landed} batch(es) from {spool.dir}; {left} left")
+    print(f"landed {landed} batch(es) or rescued file(s) from {spool.dir}; {left} left")
     return 0 if left == 0 else 1
