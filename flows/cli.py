@@ -48,7 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"alpha {name}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from model.signals import EXIT_SIGTERM, Terminated
+
+        if isinstance(exc, Terminated):
+            print(f"alpha {name}: terminated (SIGTERM)", file=sys.stderr)
+            return EXIT_SIGTERM
         print(f"alpha {name}: interrupted", file=sys.stderr)
         return 130
 

@@ -47,6 +47,13 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
         default=None,
         help="spool folder (default $ALPHA_SPOOL, else ~/.cache/alpha/spool)",
     )
+    flush.add_argument(
+        "--run-dir",
+        default=None,
+        metavar="DIR",
+        help="also land the rows of DIR/metrics.jsonl that the lake lacks (--lake, default "
+        "$ALPHA_LAKE, else ./lake)",
+    )
 
 
 def run(name: str, args: argparse.Namespace) -> int:
@@ -119,4 +126,32 @@ def _flush(args: argparse.Namespace) -> int:
     spool = Spool(args.spool)
     landed, left = flush_spool(lake_url, spool.dir)
     print(f"landed {landed} batch(es) from {spool.dir}; {left} left")
+    if args.run_dir is not None:
+        left += _backfill(args)
     return 0 if left == 0 else 1
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    """``--run-dir``: backfill from metrics.jsonl; returns the rows not in the lake after."""
+    from pathlib import Path
+
+    from model.errors import ConfigError
+    from model.rundir import check_not_in_use
+    from storage.backfill import BackfillError, backfill_run_dir
+    from storage.lake import LakeError, open_lake
+
+    try:
+        check_not_in_use(Path(args.run_dir))  # a live run lands its own rows
+        lake = open_lake(args.lake)
+        run_id, st = backfill_run_dir(lake, Path(args.run_dir), spool_dir=args.spool)
+    except (ConfigError, BackfillError) as exc:
+        raise CliError(str(exc)) from None
+    except LakeError as exc:
+        raise CliError(f"--lake: {exc}") from None
+    print(
+        f"run {run_id}: {st.rows_in_file} steps in metrics.jsonl, {st.rows_present} already "
+        f"in {lake.url}; landed {st.rows_landed}, quarantined {st.rows_quarantined}, "
+        f"spooled {st.rows_spooled}, lost {st.rows_lost}"
+        + (f" ({st.problem})" if st.problem else "")
+    )
+    return st.rows_spooled + st.rows_lost
