@@ -123,28 +123,45 @@ def _flush(args: argparse.Namespace) -> int:
             lake_url = open_lake(args.lake).url
         except LakeError as exc:
             raise CliError(f"--lake: {exc}") from None
+    run_dir = _check_run_dir(args.run_dir) if args.run_dir is not None else None
     spool = Spool(args.spool)
     landed, left = flush_spool(lake_url, spool.dir)
     print(f"landed {landed} batch(es) from {spool.dir}; {left} left")
-    if args.run_dir is not None:
-        left += _backfill(args)
+    if run_dir is not None:
+        left += _backfill(args, run_dir)
     return 0 if left == 0 else 1
 
 
-def _backfill(args: argparse.Namespace) -> int:
-    """``--run-dir``: backfill from metrics.jsonl; returns the rows not in the lake after."""
+def _check_run_dir(path: str) -> Any:
+    """``--run-dir``: a finished run's folder (checked before anything is flushed)."""
     from pathlib import Path
 
     from model.errors import ConfigError
     from model.rundir import check_not_in_use
+    from storage.backfill import BackfillError, run_id_of
+
+    run_dir = Path(path).expanduser()
+    if not run_dir.is_dir():
+        raise CliError(f"--run-dir: not a directory: {run_dir}")
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise CliError(f"--run-dir: no metrics.jsonl in {run_dir}")
+    try:
+        run_id_of(run_dir)
+        check_not_in_use(run_dir)  # a live run lands its own rows
+    except (ConfigError, BackfillError) as exc:
+        raise CliError(str(exc)) from None
+    return run_dir
+
+
+def _backfill(args: argparse.Namespace, run_dir: Any) -> int:
+    """``--run-dir``: backfill from metrics.jsonl; returns the rows not in the lake after."""
     from storage.backfill import BackfillError, backfill_run_dir
     from storage.lake import LakeError, open_lake
 
     try:
-        check_not_in_use(Path(args.run_dir))  # a live run lands its own rows
         lake = open_lake(args.lake)
-        run_id, st = backfill_run_dir(lake, Path(args.run_dir), spool_dir=args.spool)
-    except (ConfigError, BackfillError) as exc:
+        run_id, st = backfill_run_dir(lake, run_dir, spool_dir=args.spool)
+    except BackfillError as exc:
         raise CliError(str(exc)) from None
     except LakeError as exc:
         raise CliError(f"--lake: {exc}") from None

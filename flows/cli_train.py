@@ -206,8 +206,10 @@ def _sample(args: argparse.Namespace) -> int:
             f"--device: unknown device {args.device!r} (choose from {', '.join(DEVICES)})"
         )
     from model.checkpoint import read_meta
+    from model.config import check_model_size, memory_limit
 
-    read_meta(args.checkpoint, "--checkpoint")  # a clear error before importing torch
+    meta = read_meta(args.checkpoint, "--checkpoint")  # a clear error before importing torch
+    check_model_size(meta.model_config, limit=memory_limit(args.device), flag="--checkpoint")
 
     from model.sample import generate_text, load_for_sampling
     from model.trainer import resolve_device

@@ -344,16 +344,36 @@ def check_size(
     est = estimate_size(cfg, vocab_size, activation_bytes=activation_bytes)
     if est.total_bytes <= limit:
         return
-    where = f"the memory limit is {format_bytes(limit)} (override: {ENV_MEMORY_LIMIT})"
-    if est.param_bytes >= est.activation_bytes:
-        raise ConfigError(
-            f"--dim/--layers: the model would have {est.params:.3g} parameters, "
-            f"~{format_bytes(est.param_bytes)} to train with AdamW; {where}"
-        )
-    raise ConfigError(
-        f"--batch/--block: one step of batch {cfg.batch} x block {cfg.block} needs "
-        f"~{format_bytes(est.activation_bytes)} of activations; {where}"
+    need = (
+        f"~{format_bytes(est.total_bytes)} to train ({est.params:.3g} parameters: "
+        f"{format_bytes(est.param_bytes)} with AdamW; {format_bytes(est.activation_bytes)} of "
+        f"activations for batch {cfg.batch} x block {cfg.block} over {cfg.layers} layers)"
     )
+    raise ConfigError(
+        f"{_largest_knob(cfg)}: this config needs {need}; the memory limit is {format_bytes(limit)} "
+        f"(override: {ENV_MEMORY_LIMIT})"
+    )
+
+
+def check_model_size(mc: ModelConfig, *, limit: int | None, flag: str) -> None:
+    """Refuse to load a checkpoint whose model (fp32 weights) cannot fit in ``limit``."""
+    params = count_params(
+        mc.vocab_size, mc.block_size, mc.n_embd, mc.n_layer, mc.ffn_dim or 0, mc.ffn_activation
+    )
+    need = params * SAMPLE_BYTES_PER_PARAM
+    if limit is not None and need > limit:
+        raise ConfigError(
+            f"{flag}: the checkpoint's model has {params:.3g} parameters (~{format_bytes(need)}); "
+            f"the memory limit is {format_bytes(limit)} (override: {ENV_MEMORY_LIMIT})"
+        )
+
+
+def _largest_knob(cfg: TrainConfig) -> str:
+    """The size flag furthest above its default: the likeliest culprit to name."""
+    knobs = ["dim", "layers", "batch", "block"] + (["ffn_dim"] if cfg.ffn_dim else [])
+    fields = TrainConfig.model_fields
+    ratio = {k: getattr(cfg, k) / (fields[k].default or fields["dim"].default) for k in knobs}
+    return flag_name(max(ratio, key=ratio.__getitem__))
 
 
 def memory_limit(device: str = "cpu") -> int | None:
@@ -400,8 +420,9 @@ def host_memory() -> int | None:
 
 
 def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.3g} PiB"  # pragma: no cover
+    """``25266987008`` -> ``"23.5 GiB"``."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{int(n)} B" if i == 0 else f"{n:.3g} {units[i]}"
