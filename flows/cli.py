@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         from model.signals import EXIT_SIGTERM, Terminated
 
         if isinstance(exc, Terminated):
-            print(f"alpha {name}: terminated (SIGTERM)", file=sys.stderr)
+            print(f"alpha {name}: cancelled by SIGTERM", file=sys.stderr)
             return EXIT_SIGTERM
         print(f"alpha {name}: interrupted", file=sys.stderr)
         return 130

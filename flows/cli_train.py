@@ -111,7 +111,13 @@ def run(name: str, args: argparse.Namespace) -> int:
         if name == "sample":
             return _sample(args)
         with signals.sigterm_as_interrupt():
-            return _train(args)
+            try:
+                return _train(args)
+            except KeyboardInterrupt:  # e.g. a search re-raises once its artifacts are written
+                if not signals.received():
+                    raise
+                print("alpha train: cancelled by SIGTERM", file=sys.stderr)
+                return signals.EXIT_SIGTERM
     except ConfigError as exc:
         raise CliError(str(exc)) from None
 

@@ -37,6 +37,9 @@ class RunDirLock:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
 
+    def __del__(self) -> None:  # a Trainer dropped without fit(): free the folder
+        self.release()
+
     def __enter__(self) -> RunDirLock:
         return self
 

@@ -372,6 +372,21 @@ def test_memory_limit_override_is_checked(case_dir: Path, monkeypatch, capsys) -
     assert not (case_dir / "out").exists()
 
 
+def test_size_estimate_is_exact_for_params_and_admits_real_configs() -> None:
+    from model.config import ModelConfig, check_size, domain_defaults, estimate_size
+    from model.gpt import GPT
+
+    for act, ffn in (("gelu", None), ("swiglu", None), ("relu", 100)):
+        cfg = build_train_config({**TINY, "activation": act, "ffn_dim": ffn, "data": "x"})
+        model = GPT(ModelConfig.from_train(cfg, 77))
+        assert estimate_size(cfg, 77).params == model.num_params()
+    eight_gib = 8 << 30  # every shipped preset and the GPU benchmark config fit in 8 GiB
+    for domain in ("shakespeare", "chat", "code"):
+        check_size(build_train_config(domain_defaults(domain) | {"data": "x"}), limit=eight_gib)
+    bench = {"dim": 384, "heads": 6, "layers": 6, "block": 256, "batch": 64, "data": "x"}
+    check_size(build_train_config(bench), 65, limit=eight_gib, activation_bytes=2)
+
+
 # -- through the console script -----------------------------------------------------
 
 SUBPROCESS_CASES = [
