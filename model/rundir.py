@@ -10,6 +10,7 @@ dot-file that the "run dir is empty" checks ignore.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -38,7 +39,8 @@ class RunDirLock:
             self._fd = None
 
     def __del__(self) -> None:  # a Trainer dropped without fit(): free the folder
-        self.release()
+        with contextlib.suppress(Exception):
+            self.release()
 
     def __enter__(self) -> RunDirLock:
         return self

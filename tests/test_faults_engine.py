@@ -134,6 +134,33 @@ def test_sigterm_lands_every_row_and_says_cancelled(
     assert row["symbio"] == (mode == "symbio")
 
 
+def test_sigterm_semantics_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the loop: a request, then an interrupt; outside: an interrupt; while stopping: ignored."""
+    from model import signals
+
+    def term() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs in this (main) thread between bytecodes
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with signals.sigterm_as_interrupt():
+        with pytest.raises(signals.Terminated):  # setup, no loop: like Ctrl-C
+            term()
+    with signals.sigterm_as_interrupt():
+        with signals.training_loop():
+            term()
+            assert signals.stop_requested() and signals.received()
+            with pytest.raises(signals.Terminated):  # a second one does not wait
+                term()
+        term()  # already stopping: ignored, the shutdown goes on
+    monkeypatch.setattr(signals, "STOP_GRACE_S", 0.2)
+    with signals.sigterm_as_interrupt(), signals.training_loop():
+        term()
+        with pytest.raises(signals.Terminated):  # a step that does not end is interrupted
+            time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
 # -- kill -9 three times, resume to the end (loopback S3) ----------------------------
 
 
