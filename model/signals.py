@@ -71,7 +71,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-        _state.installed = False
+        _state.installed = _state.requested = False
 
 
 def _escalate() -> None:
@@ -103,5 +103,5 @@ def training_loop() -> Iterator[None]:
 
 
 def stop_requested() -> bool:
-    """Checked once per step by the trainer (one attribute read)."""
-    return _state.requested
+    """Checked once per step by the trainer (two attribute reads)."""
+    return _state.requested and _state.in_loop
