@@ -123,7 +123,7 @@ def _flush(args: argparse.Namespace) -> int:
             lake_url = open_lake(args.lake).url
         except LakeError as exc:
             raise CliError(f"--lake: {exc}") from None
-    run_dir = _check_run_dir(args.run_dir) if args.run_dir is not None else None
+    run_dir = _finished_run_dir(args.run_dir) if args.run_dir is not None else None
     spool = Spool(args.spool)
     landed, left = flush_spool(lake_url, spool.dir)
     print(f"landed {landed} batch(es) from {spool.dir}; {left} left")
@@ -132,43 +132,26 @@ def _flush(args: argparse.Namespace) -> int:
     return 0 if left == 0 else 1
 
 
-def _check_run_dir(path: str) -> Any:
-    """``--run-dir``: a finished run's folder (checked before anything is flushed)."""
-    from pathlib import Path
-
+def _finished_run_dir(path: str) -> Any:
+    """``--run-dir``, checked before anything is flushed; a live run lands its own rows."""
     from model.errors import ConfigError
     from model.rundir import check_not_in_use
-    from storage.backfill import BackfillError, run_id_of
+    from storage.backfill import BackfillError, check_run_dir
 
-    run_dir = Path(path).expanduser()
-    if not run_dir.is_dir():
-        raise CliError(f"--run-dir: not a directory: {run_dir}")
-    if not (run_dir / "metrics.jsonl").is_file():
-        raise CliError(f"--run-dir: no metrics.jsonl in {run_dir}")
     try:
-        run_id_of(run_dir)
-        check_not_in_use(run_dir)  # a live run lands its own rows
+        return check_not_in_use(check_run_dir(path))
     except (ConfigError, BackfillError) as exc:
         raise CliError(str(exc)) from None
-    return run_dir
 
 
 def _backfill(args: argparse.Namespace, run_dir: Any) -> int:
-    """``--run-dir``: backfill from metrics.jsonl; returns the rows not in the lake after."""
+    """Land what metrics.jsonl has and the lake lacks; returns the rows still not in it."""
     from storage.backfill import BackfillError, backfill_run_dir
     from storage.lake import LakeError, open_lake
 
     try:
-        lake = open_lake(args.lake)
-        run_id, st = backfill_run_dir(lake, run_dir, spool_dir=args.spool)
-    except BackfillError as exc:
+        run_id, st = backfill_run_dir(open_lake(args.lake), run_dir, spool_dir=args.spool)
+    except (BackfillError, LakeError) as exc:
         raise CliError(str(exc)) from None
-    except LakeError as exc:
-        raise CliError(f"--lake: {exc}") from None
-    print(
-        f"run {run_id}: {st.rows_in_file} steps in metrics.jsonl, {st.rows_present} already "
-        f"in {lake.url}; landed {st.rows_landed}, quarantined {st.rows_quarantined}, "
-        f"spooled {st.rows_spooled}, lost {st.rows_lost}"
-        + (f" ({st.problem})" if st.problem else "")
-    )
+    print(f"run {run_id}: {st.summary()}")
     return st.rows_spooled + st.rows_lost

@@ -93,10 +93,12 @@ def run_dir_holder(path: Path) -> int | None:
     return None
 
 
-def check_not_in_use(path: Path, flag: str = "--run-dir") -> None:
+def check_not_in_use(path: Path, flag: str = "--run-dir") -> Path:
+    """``path``, unless a live process holds its lock (then a one-line ``ConfigError``)."""
     holder = run_dir_holder(path)
     if holder is not None:
         raise ConfigError(_in_use(path, holder, flag))
+    return path
 
 
 def is_empty_run_dir(path: Path) -> bool:

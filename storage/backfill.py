@@ -53,6 +53,14 @@ class BackfillStats:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary(self) -> str:
+        text = (
+            f"{self.rows_in_file} steps in {JSONL_NAME}, {self.rows_present} already in the "
+            f"lake; landed {self.rows_landed}, quarantined {self.rows_quarantined}, "
+            f"spooled {self.rows_spooled}, lost {self.rows_lost}"
+        )
+        return text + (f" ({self.problem})" if self.problem else "")
+
 
 def backfill_run(
     lake: Lake,
@@ -189,6 +197,17 @@ def run_id_of(run_dir: Path) -> str:
     raise BackfillError(f"--run-dir: {run_dir} has no run id (no readable config.json)")
 
 
+def check_run_dir(path: str | Path) -> Path:
+    """A folder with a ``metrics.jsonl`` and a run id, or a one-line ``BackfillError``."""
+    run_dir = Path(path).expanduser()
+    if not run_dir.is_dir():
+        raise BackfillError(f"--run-dir: not a directory: {run_dir}")
+    if not (run_dir / JSONL_NAME).is_file():
+        raise BackfillError(f"--run-dir: no {JSONL_NAME} in {run_dir}")
+    run_id_of(run_dir)
+    return run_dir
+
+
 def backfill_run_dir(
     lake: Lake, run_dir: Path, *, spool_dir: str | Path | None = None
 ) -> tuple[str, BackfillStats]:
@@ -197,11 +216,7 @@ def backfill_run_dir(
 
     The caller checks that no live process holds the run dir.
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise BackfillError(f"--run-dir: not a directory: {run_dir}")
-    if not (run_dir / JSONL_NAME).is_file():
-        raise BackfillError(f"--run-dir: no {JSONL_NAME} in {run_dir}")
+    run_dir = check_run_dir(run_dir)
     run_id = run_id_of(run_dir)
     stats = backfill_run(lake, run_id, run_dir / JSONL_NAME, spool_dir=spool_dir)
     settle_run_row(lake, run_id, spool_dir=spool_dir)
