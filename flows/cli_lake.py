@@ -53,6 +53,13 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
         default=None,
         help="spool folder (default $ALPHA_SPOOL, else ~/.cache/alpha/spool)",
     )
+    flush.add_argument(
+        "--run-dir",
+        default=None,
+        metavar="DIR",
+        help="also land the rows of DIR/metrics.jsonl that the lake lacks (--lake, default "
+        "$ALPHA_LAKE, else ./lake)",
+    )
 
 
 def run(name: str, args: argparse.Namespace) -> int:
@@ -125,7 +132,35 @@ def _flush(args: argparse.Namespace) -> int:
             lake_url = open_lake(args.lake).url
         except LakeError as exc:
             raise CliError(f"--lake: {exc}") from None
+    run_dir = _finished_run_dir(args.run_dir) if args.run_dir is not None else None
     spool = Spool(args.spool)
     landed, left = flush_spool(lake_url, spool.dir)
     print(f"landed {landed} batch(es) or rescued file(s) from {spool.dir}; {left} left")
+    if run_dir is not None:
+        left += _backfill(args, run_dir)
     return 0 if left == 0 else 1
+
+
+def _finished_run_dir(path: str) -> Any:
+    """``--run-dir``, checked before anything is flushed; a live run lands its own rows."""
+    from model.errors import ConfigError
+    from model.rundir import check_not_in_use
+    from storage.backfill import BackfillError, check_run_dir
+
+    try:
+        return check_not_in_use(check_run_dir(path))
+    except (ConfigError, BackfillError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _backfill(args: argparse.Namespace, run_dir: Any) -> int:
+    """Land what metrics.jsonl has and the lake lacks; returns the rows still not in it."""
+    from storage.backfill import BackfillError, backfill_run_dir
+    from storage.lake import LakeError, open_lake
+
+    try:
+        run_id, st = backfill_run_dir(open_lake(args.lake), run_dir, spool_dir=args.spool)
+    except (BackfillError, LakeError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"run {run_id}: {st.summary()}")
+    return st.rows_spooled + st.rows_lost
