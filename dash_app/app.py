@@ -91,7 +91,21 @@ def shell(lake: Lake) -> html.Div:
 
 
 def route(lake: Lake, pathname: str | None, search: str | None, *, poll_ms: int) -> Any:
-    """The page for a URL; bad input and lake errors become an on-page message."""
+    """The page for a URL; bad input and lake errors become an on-page message.
+
+    Lake objects the reader had to skip (corrupt, wrong schema) do not fail
+    the page: it shows what could be read under a warning banner.
+    """
+    with reader.read_report() as report:
+        page = _page(lake, pathname, search, poll_ms=poll_ms)
+    warning = report.warning()
+    if warning is None:
+        return page
+    log.warning("page %s: %s", pathname, warning)
+    return html.Div([c.warning_banner(warning, id="lake-warning"), page])
+
+
+def _page(lake: Lake, pathname: str | None, search: str | None, *, poll_ms: int) -> Any:
     path = (pathname or "/").rstrip("/") or "/"
     try:
         if path == "/":

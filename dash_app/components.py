@@ -115,6 +115,16 @@ def empty_state(title: str, text: str) -> html.Div:
     return html.Div([html.H2(title), html.P(text, className="muted")], className="card empty")
 
 
+def warning_banner(text: str, **kw: Any) -> html.Div:
+    """A one-line warning above a page (e.g. lake objects the reader skipped)."""
+    return html.Div(
+        [html.Span("⚠", className="warn-icon"), html.Span(text)],
+        className="warning-banner",
+        role="alert",
+        **kw,
+    )
+
+
 # -- shared DataTable styling ------------------------------------------------------
 
 TABLE_STYLE = dict(

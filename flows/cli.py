@@ -48,19 +48,31 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"alpha {name}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from model.signals import EXIT_SIGTERM, Terminated
+
+        if isinstance(exc, Terminated):
+            print(f"alpha {name}: cancelled by SIGTERM", file=sys.stderr)
+            return EXIT_SIGTERM
         print(f"alpha {name}: interrupted", file=sys.stderr)
         return 130
 
 
 def _print_usage(argv: list[str]) -> None:
-    out = sys.stdout if not argv or argv[0] in ("-h", "--help") else sys.stderr
-    if argv and argv[0] not in ("-h", "--help"):
-        print(f"alpha: error: unknown command {argv[0]!r}", file=out)
-    print("usage: alpha <command> [options]\n\ncommands:", file=out)
+    if argv and argv[0] not in ("-h", "--help"):  # bad input: one line
+        print(
+            f"alpha: error: unknown command {argv[0]!r} (commands: {', '.join(COMMANDS)})",
+            file=sys.stderr,
+        )
+        return
+    print("usage: alpha <command> [options]\n\ncommands:")
     for name, (_, help_) in COMMANDS.items():
-        print(f"  {name:<10} {help_}", file=out)
+        print(f"  {name:<10} {help_}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m flows.cli``: run the importable module, whose CliError the
+    # sub-commands raise (this file's own copy, ``__main__``, has another class).
+    from flows import cli
+
+    sys.exit(cli.main())

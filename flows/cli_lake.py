@@ -1,5 +1,9 @@
 """``alpha runs`` (list runs in the lake) and ``alpha lake flush`` (land the spool).
 
+``alpha runs`` lists what it can read: unreadable lake objects are skipped and
+named in one warning line on stderr. ``alpha lake flush`` lands spooled batches
+and rescued rows (through the gate); it exits 1 while anything is left.
+
 Imports neither Prefect nor Dash nor Great Expectations.
 """
 
@@ -40,12 +44,21 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
         )
         return
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    flush = sub.add_parser("flush", help="land batches spooled while the lake was unreachable")
+    flush = sub.add_parser(
+        "flush", help="land batches spooled while the lake was unreachable, and rescued rows"
+    )
     flush.add_argument("--lake", default=None, help="only batches for this lake (default: all)")
     flush.add_argument(
         "--spool",
         default=None,
         help="spool folder (default $ALPHA_SPOOL, else ~/.cache/alpha/spool)",
+    )
+    flush.add_argument(
+        "--run-dir",
+        default=None,
+        metavar="DIR",
+        help="also land the rows of DIR/metrics.jsonl that the lake lacks (--lake, default "
+        "$ALPHA_LAKE, else ./lake)",
     )
 
 
@@ -55,7 +68,7 @@ def run(name: str, args: argparse.Namespace) -> int:
 
 def _runs(args: argparse.Namespace) -> int:
     from storage.lake import LakeError, open_lake
-    from storage.reader import list_runs
+    from storage.reader import list_runs, read_report
     from storage.schema import RUN_STATUSES
 
     if args.status is not None and args.status not in RUN_STATUSES:
@@ -64,18 +77,21 @@ def _runs(args: argparse.Namespace) -> int:
         raise CliError("--limit must be at least 1")
     try:
         lake = open_lake(args.lake)
-        df = list_runs(
-            lake,
-            status=args.status,
-            symbio=True if args.symbio else None,
-            domain=args.domain,
-            search=args.search,
-            limit=args.limit,
-        )
+        with read_report() as report:
+            df = list_runs(
+                lake,
+                status=args.status,
+                symbio=True if args.symbio else None,
+                domain=args.domain,
+                search=args.search,
+                limit=args.limit,
+            )
     except LakeError as exc:
         raise CliError(f"--lake: {exc}") from None
     except OSError as exc:
         raise CliError(f"cannot read the lake: {type(exc).__name__}: {exc}") from None
+    if (warning := report.warning()) is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     if df.height == 0:
         print(f"no runs in {lake.url}", file=sys.stderr)
         return 0
@@ -116,7 +132,35 @@ def _flush(args: argparse.Namespace) -> int:
             lake_url = open_lake(args.lake).url
         except LakeError as exc:
             raise CliError(f"--lake: {exc}") from None
+    run_dir = _finished_run_dir(args.run_dir) if args.run_dir is not None else None
     spool = Spool(args.spool)
     landed, left = flush_spool(lake_url, spool.dir)
-    print(f"landed {landed} batch(es) from {spool.dir}; {left} left")
+    print(f"landed {landed} batch(es) or rescued file(s) from {spool.dir}; {left} left")
+    if run_dir is not None:
+        left += _backfill(args, run_dir)
     return 0 if left == 0 else 1
+
+
+def _finished_run_dir(path: str) -> Any:
+    """``--run-dir``, checked before anything is flushed; a live run lands its own rows."""
+    from model.errors import ConfigError
+    from model.rundir import check_not_in_use
+    from storage.backfill import BackfillError, check_run_dir
+
+    try:
+        return check_not_in_use(check_run_dir(path))
+    except (ConfigError, BackfillError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _backfill(args: argparse.Namespace, run_dir: Any) -> int:
+    """Land what metrics.jsonl has and the lake lacks; returns the rows still not in it."""
+    from storage.backfill import BackfillError, backfill_run_dir
+    from storage.lake import LakeError, open_lake
+
+    try:
+        run_id, st = backfill_run_dir(open_lake(args.lake), run_dir, spool_dir=args.spool)
+    except (BackfillError, LakeError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"run {run_id}: {st.summary()}")
+    return st.rows_spooled + st.rows_lost

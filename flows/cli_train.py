@@ -4,6 +4,11 @@ Every flag defaults to ``argparse.SUPPRESS``, so ``vars(args)`` holds exactly th
 flags the user typed: those become the "explicit flags" layer of the config
 resolution (PRD §5.2). Each flag accepts ``--lr=1e-4`` and ``--lr 1e-4``.
 Imports neither Prefect nor Dash; torch is imported only once input is valid.
+
+Exit codes of ``alpha train``: 0 completed (rows in the lake, or spooled and
+said so), 1 failed or metric rows lost, 2 bad input, 130 Ctrl-C, 143 SIGTERM.
+SIGTERM stops the run like Ctrl-C (``model.signals``): the current step's row is
+recorded, the sink flushed, the lake's run row says ``cancelled``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import sys
 import time
 
 from flows.cli import CliError
+from model import signals
 from model.config import ACTIVATIONS, DEVICES, DOMAINS, DTYPES, TOKENIZERS
 from model.errors import ConfigError
 
@@ -106,7 +112,16 @@ def run(name: str, args: argparse.Namespace) -> int:
     # (measured on 2 busy cores: 2.4 s/step spinning vs 0.38 s passive).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        return _sample(args) if name == "sample" else _train(args)
+        if name == "sample":
+            return _sample(args)
+        with signals.sigterm_as_interrupt():
+            try:
+                return _train(args)
+            except KeyboardInterrupt:  # e.g. a search re-raises once its artifacts are written
+                if not signals.received():
+                    raise
+                print("alpha train: cancelled by SIGTERM", file=sys.stderr)
+                return signals.EXIT_SIGTERM
     except ConfigError as exc:
         raise CliError(str(exc)) from None
 
@@ -118,15 +133,23 @@ def _train(args: argparse.Namespace) -> int:
     lake_url = explicit.pop("lake", None) or os.environ.get("ALPHA_LAKE") or "./lake"
     resolved = resolve_run_config(explicit)
 
-    from tasks.run import execute, open_lake_or_fail
+    from tasks.run import execute, lake_verdict, open_lake_or_fail
 
     open_lake_or_fail(lake_url)  # a bad lake fails before anything is printed or written
-    _print_header(resolved, lake_url)
 
     t0 = time.perf_counter()
-    outcome = execute(resolved, lake_url=lake_url, progress=True)
-    _print_footer(outcome, time.perf_counter() - t0)
-    return EXIT_CODES.get(outcome.status, 1)
+    outcome = execute(
+        resolved,
+        lake_url=lake_url,
+        progress=True,
+        on_ready=lambda: _print_header(resolved, lake_url),  # every check has passed
+    )
+    verdict = lake_verdict(outcome.sink_stats, getattr(outcome, "rows_produced", None))
+    _print_footer(outcome, time.perf_counter() - t0, verdict)
+    code = EXIT_CODES.get(outcome.status, 1)
+    if code == 130 and signals.received():
+        code = signals.EXIT_SIGTERM
+    return code or verdict.exit_code
 
 
 def _print_header(resolved, lake_url: str) -> None:
@@ -141,28 +164,45 @@ def _print_header(resolved, lake_url: str) -> None:
     sys.stdout.flush()
 
 
-def _print_footer(outcome, seconds: float) -> None:
+def _print_footer(outcome, seconds: float, verdict) -> None:
     res = outcome.result
+    status = outcome.status
+    if status in ("interrupted", "cancelled") and signals.received():
+        status = "cancelled by SIGTERM"
+    if verdict.note:
+        status += f" ({verdict.note})"
     if res is not None:
         val = f"{res.final_val_loss:.4f}" if res.final_val_loss is not None else "n/a"
         tps = f"{res.tokens_per_sec_mean:,.0f}" if res.tokens_per_sec_mean else "n/a"
         print(
-            f"alpha train: {outcome.status} after {res.steps} steps in {seconds:.1f}s "
+            f"alpha train: {status} after {res.steps} steps in {seconds:.1f}s "
             f"(val loss {val}, {tps} tokens/s)"
         )
     else:
-        print(f"alpha train: {outcome.status} in {seconds:.1f}s")
+        print(f"alpha train: {status} in {seconds:.1f}s")
     if winner := getattr(outcome, "winner_activation", None):
         note = getattr(outcome, "winner_note", None) or f"report only; train it with --activation={winner}"
         print(f"  winner      {winner} ({note})")
     files = "config.json, metrics.jsonl, checkpoint, samples.txt" if res else "search artifacts"
     print(f"  run dir     {outcome.run_dir}  ({files})")
     print(f"  lake        {outcome.lake_url}  (run_id {outcome.run_id})")
+    if (bf := getattr(outcome, "backfill", None)) is not None and bf.rows_missing:
+        print(
+            f"  backfill    {bf.rows_missing} rows the lake lacked, from metrics.jsonl: "
+            f"{bf.rows_landed} landed, {bf.rows_quarantined} quarantined, "
+            f"{bf.rows_spooled} spooled"
+        )
     if res is not None and res.checkpoint_path:
         print(f"  sample:     alpha sample --checkpoint {outcome.run_dir}")
         print(f"  continue:   alpha train --resume {outcome.run_dir} --iters <more steps>")
     if outcome.error:
         print(f"alpha train: error: {outcome.error}", file=sys.stderr)
+    if verdict.error:
+        flush = f"alpha lake flush --run-dir {outcome.run_dir} --lake {outcome.lake_url}"
+        print(
+            f"alpha train: error: {verdict.error.replace('alpha lake flush --run-dir DIR', flush)}",
+            file=sys.stderr,
+        )
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -177,8 +217,10 @@ def _sample(args: argparse.Namespace) -> int:
             f"--device: unknown device {args.device!r} (choose from {', '.join(DEVICES)})"
         )
     from model.checkpoint import read_meta
+    from model.config import check_model_size, memory_limit
 
-    read_meta(args.checkpoint, "--checkpoint")  # a clear error before importing torch
+    meta = read_meta(args.checkpoint, "--checkpoint")  # a clear error before importing torch
+    check_model_size(meta.model_config, limit=memory_limit(args.device), flag="--checkpoint")
 
     from model.sample import generate_text, load_for_sampling
     from model.trainer import resolve_device

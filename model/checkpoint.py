@@ -16,7 +16,9 @@ go to a temporary file that replaces the old checkpoint atomically.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +26,16 @@ from typing import Any
 
 from model.config import ModelConfig, build_model_config
 from model.errors import CheckpointError, ConfigError
+from model.rundir import tmp_name
 
 FORMAT = "alpha-checkpoint"
 VERSION = 1
 FILENAME = "checkpoint.safetensors"
 _MAX_HEADER = 100 << 20  # safetensors' own limit
+#: Same rule as ``storage.lake.validate_run_id`` (model imports nothing from storage).
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: Metadata fields that must be JSON objects (or absent / null) when present.
+_DICT_FIELDS = ("model_config", "train_config", "run_meta", "optim_scalars", "data_state")
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,56 @@ def read_meta(path: str | os.PathLike[str], flag: str = "--resume") -> Checkpoin
             raise ValueError
     except (KeyError, ValueError):
         raise CheckpointError(f"{flag}: {p} has unreadable metadata") from None
-    return CheckpointMeta(p, meta)
+    bad = _bad_meta_field(meta)
+    if bad:
+        raise CheckpointError(f"{flag}: {p} has a bad {bad} in its metadata")
+    ckpt = CheckpointMeta(p, meta)
+    _ = ckpt.model_config  # validates: one-line CheckpointError
+    return ckpt
+
+
+def _bad_meta_field(meta: dict[str, Any]) -> str | None:
+    """The first metadata field of the wrong type or range, as ``name value``; else None."""
+    step = meta.get("step", 0)
+    if type(step) is not int or step < 0:
+        return f"step {step!r}"
+    run_id = meta.get("run_id")
+    if run_id is not None and (
+        not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id) or ".." in run_id
+    ):
+        return f"run_id {str(run_id)[:60]!r}"
+    for name in _DICT_FIELDS:
+        if meta.get(name) is not None and not isinstance(meta[name], dict):
+            return f"{name} (not an object)"
+    best = meta.get("best_val_loss")
+    if best is not None and (
+        isinstance(best, bool) or not isinstance(best, int | float) or not math.isfinite(best)
+    ):
+        return f"best_val_loss {best!r}"
+    groups = meta.get("optim_param_groups")
+    if groups is not None and (
+        not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups)
+    ):
+        return "optim_param_groups (not a list of objects)"
+    if not isinstance(meta.get("tokenizer", ""), str):
+        return "tokenizer (not a string)"
+    return None
+
+
+def check_data_state(ckpt: CheckpointMeta, splits: tuple[str, ...], flag: str = "--resume") -> None:
+    """The data-sampler state must restore numpy generators, checked before anything is written."""
+    import numpy as np
+
+    state = ckpt.meta.get("data_state")
+    if not state:
+        return
+    try:
+        for split in splits:
+            np.random.default_rng(0).bit_generator.state = state[split]
+    except Exception:  # noqa: BLE001 - any malformed state is the same user error
+        raise CheckpointError(
+            f"{flag}: {ckpt.path} has an unreadable data state (split {split!r})"
+        ) from None
 
 
 def save(path: Path, *, model, optimizer, meta: dict[str, Any]) -> Path:
@@ -124,7 +180,7 @@ def save(path: Path, *, model, optimizer, meta: dict[str, Any]) -> Path:
     fields = {"format": FORMAT, "version": str(VERSION), "meta": json.dumps(meta)}
     tensors = {k: v.cpu() for k, v in tensors.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = tmp_name(path)  # unique per writer: concurrent saves never share a temp file
     try:
         save_file(tensors, str(tmp), metadata=fields)
         with tmp.open("rb+") as f:
@@ -195,7 +251,7 @@ def load_training_state(path: Path, ckpt: CheckpointMeta, optimizer) -> None:
     import torch
     from safetensors import safe_open
 
-    groups = ckpt.meta.get("optim_param_groups") or []
+    groups = [dict(g) for g in ckpt.meta.get("optim_param_groups") or []]
     for g in groups:
         if isinstance(g.get("betas"), list):
             g["betas"] = tuple(g["betas"])
@@ -214,13 +270,17 @@ def load_training_state(path: Path, ckpt: CheckpointMeta, optimizer) -> None:
                     cuda_rng[int(parts[2])] = f.get_tensor(key)
     except Exception as exc:  # noqa: BLE001 - a damaged file
         raise CheckpointError(f"--resume: unreadable checkpoint {path}: {exc}") from None
-    for idx, scalars in (ckpt.meta.get("optim_scalars") or {}).items():
-        state.setdefault(int(idx), {}).update(scalars)
     try:
+        for idx, scalars in (ckpt.meta.get("optim_scalars") or {}).items():
+            state.setdefault(int(idx), {}).update(scalars)
         optimizer.load_state_dict({"state": state, "param_groups": groups})
-    except (ValueError, KeyError) as exc:
-        raise CheckpointError(f"--resume: optimizer state does not fit: {exc}") from None
-    if cpu_rng is not None:
-        torch.set_rng_state(cpu_rng)
-    if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([cuda_rng[i] for i in sorted(cuda_rng)])
+    except Exception as exc:  # noqa: BLE001 - ValueError, KeyError, TypeError of a bad file
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"--resume: optimizer state does not fit: {detail}") from None
+    try:
+        if cpu_rng is not None:
+            torch.set_rng_state(cpu_rng)
+        if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([cuda_rng[i] for i in sorted(cuda_rng)])
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"--resume: unreadable RNG state in {path}: {exc}") from None

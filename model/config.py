@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -273,10 +274,164 @@ def check_text_file(path: str | os.PathLike[str], flag: str) -> Path:
 
 
 def check_inputs(cfg: TrainConfig) -> None:
-    """File-system checks of a validated config (data files, run dir)."""
+    """Checks of a validated config against the machine: data files, size."""
     if cfg.data is None and cfg.resume is None:
         raise ConfigError(f"--data: required for domain {cfg.domain!r}")
     if cfg.data is not None:
         check_text_file(cfg.data, "--data")
     if cfg.val_data is not None:
         check_text_file(cfg.val_data, "--val-data")
+    check_size(cfg, limit=memory_limit(cfg.device))
+
+
+# -- size validation (before anything is allocated) ---------------------------------
+
+#: Bytes per parameter while training: fp32 weight, gradient and AdamW's two moments.
+TRAIN_BYTES_PER_PARAM = 16
+#: Bytes per parameter of a model loaded for sampling (fp32 weights only).
+SAMPLE_BYTES_PER_PARAM = 4
+#: Char vocabularies are only known after reading the data; estimate with printable ASCII.
+CHAR_VOCAB_ESTIMATE = 96
+#: Memory an accelerator may add to host RAM before the device is known (the largest
+#: GPU memory the project targets); the trainer re-checks against the real device.
+ACCELERATOR_BYTES = 192 << 30
+#: Memory limit override: bytes with an optional K/M/G/T suffix, or ``off``.
+ENV_MEMORY_LIMIT = "ALPHA_MEMORY_LIMIT"
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+@dataclass(frozen=True)
+class SizeEstimate:
+    """Training memory from the config alone: a lower bound, so only absurd configs fail."""
+
+    params: int
+    param_bytes: int  # weights, grads and optimizer moments
+    activation_bytes: int  # tensors one micro-batch keeps for backward, logits included
+
+    @property
+    def total_bytes(self) -> int:
+        return self.param_bytes + self.activation_bytes
+
+
+def count_params(
+    vocab_size: int, block: int, dim: int, layers: int, ffn_dim: int, activation: str
+) -> int:
+    """Exact parameter count of ``model.gpt.GPT`` (tied embeddings, no biases)."""
+    fc = 2 * ffn_dim if activation == "swiglu" else ffn_dim
+    per_layer = 4 * dim * dim + dim * fc + ffn_dim * dim + 2 * dim
+    return vocab_size * dim + block * dim + layers * per_layer + dim
+
+
+def estimate_size(
+    cfg: TrainConfig, vocab_size: int | None = None, *, activation_bytes: int = 4
+) -> SizeEstimate:
+    """Parameters and training memory of ``cfg`` (``vocab_size``: the real one, if known).
+
+    Activations count what every layer saves for backward per token (8 x dim plus the
+    FFN's inner tensors; no attention matrix, which fused SDPA kernels never store)
+    and the logits with their gradient; the micro-batch is ``batch x block`` tokens.
+    """
+    vocab = vocab_size or (cfg.vocab_size if cfg.tokenizer == "bpe" else CHAR_VOCAB_ESTIMATE)
+    dim, ffn = cfg.dim, cfg.resolved_ffn_dim
+    fc = 2 * ffn if cfg.activation == "swiglu" else ffn
+    params = count_params(vocab, cfg.block, dim, cfg.layers, ffn, cfg.activation)
+    per_token = cfg.layers * (8 * dim + fc + ffn) + 2 * vocab
+    acts = cfg.batch * cfg.block * per_token * activation_bytes
+    return SizeEstimate(params, params * TRAIN_BYTES_PER_PARAM, acts)
+
+
+def check_size(
+    cfg: TrainConfig,
+    vocab_size: int | None = None,
+    *,
+    limit: int | None,
+    activation_bytes: int = 4,
+) -> None:
+    """Refuse a config whose training memory cannot fit in ``limit`` bytes (None: no limit)."""
+    if limit is None:
+        return
+    est = estimate_size(cfg, vocab_size, activation_bytes=activation_bytes)
+    if est.total_bytes <= limit:
+        return
+    need = (
+        f"~{format_bytes(est.total_bytes)} to train ({est.params:.3g} parameters: "
+        f"{format_bytes(est.param_bytes)} with AdamW; {format_bytes(est.activation_bytes)} of "
+        f"activations for batch {cfg.batch} x block {cfg.block} over {cfg.layers} layers)"
+    )
+    raise ConfigError(
+        f"{_largest_knob(cfg)}: this config needs {need}; the memory limit is {format_bytes(limit)} "
+        f"(override: {ENV_MEMORY_LIMIT})"
+    )
+
+
+def check_model_size(mc: ModelConfig, *, limit: int | None, flag: str) -> None:
+    """Refuse to load a checkpoint whose model (fp32 weights) cannot fit in ``limit``."""
+    params = count_params(
+        mc.vocab_size, mc.block_size, mc.n_embd, mc.n_layer, mc.ffn_dim or 0, mc.ffn_activation
+    )
+    need = params * SAMPLE_BYTES_PER_PARAM
+    if limit is not None and need > limit:
+        raise ConfigError(
+            f"{flag}: the checkpoint's model has {params:.3g} parameters (~{format_bytes(need)}); "
+            f"the memory limit is {format_bytes(limit)} (override: {ENV_MEMORY_LIMIT})"
+        )
+
+
+def _largest_knob(cfg: TrainConfig) -> str:
+    """The size flag furthest above its default: the likeliest culprit to name."""
+    knobs = ["dim", "layers", "batch", "block"] + (["ffn_dim"] if cfg.ffn_dim else [])
+    fields = TrainConfig.model_fields
+    ratio = {k: getattr(cfg, k) / (fields[k].default or fields["dim"].default) for k in knobs}
+    return flag_name(max(ratio, key=ratio.__getitem__))
+
+
+def memory_limit(device: str = "cpu") -> int | None:
+    """Bytes a run may use: ``$ALPHA_MEMORY_LIMIT``, else RAM (plus an accelerator's
+    worth when the device may be a GPU); None when the limit is off or unknown."""
+    env = os.environ.get(ENV_MEMORY_LIMIT, "").strip()
+    if env:
+        return parse_bytes(env, ENV_MEMORY_LIMIT)
+    ram = host_memory()
+    if ram is None:
+        return None
+    return ram if device == "cpu" else ram + ACCELERATOR_BYTES
+
+
+def parse_bytes(text: str, name: str) -> int | None:
+    """``"64G"`` -> bytes; ``off``/``0`` -> None; ``ConfigError`` naming ``name`` otherwise."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if t in ("OFF", "NONE", "0"):
+        return None
+    unit = t[-1:] if t[-1:] in _UNITS else ""
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name}: expected bytes such as 64G or 'off' (got {text!r})")
+    return int(value * _UNITS[unit])
+
+
+def host_memory() -> int | None:
+    """Physical RAM, or the cgroup (container) limit when that is lower."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < ram:
+            ram = int(text)
+    return ram
+
+
+def format_bytes(n: float) -> str:
+    """``25266987008`` -> ``"23.5 GiB"``."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{int(n)} B" if i == 0 else f"{n:.3g} {units[i]}"

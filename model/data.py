@@ -16,6 +16,7 @@ their models, never by which validation text they happened to draw.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ def write_token_files(
     paths = {}
     for split, arr in parts.items():
         path = out_dir / f"{split}.bin"
-        tmp = path.with_suffix(".bin.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         arr.astype(dtype).tofile(tmp)
         os.replace(tmp, path)
         paths[split] = path

@@ -6,8 +6,9 @@ before hooks that consume rows (``[symbio_hook, lake_hook]``). With no hooks
 the training loop iterates an empty tuple: nothing else runs on the hot path.
 
 Per step the trainer does: train step -> eval (if due, sets ``row["val_loss"]``)
--> ``on_step_end`` of every hook -> row written to ``metrics.jsonl``. So hooks
-see the fresh ``val_loss`` of the step.
+-> ``on_step_end`` of every hook -> row written to ``metrics.jsonl`` ->
+checkpoint (if due). So hooks see the fresh ``val_loss`` of the step, and a
+step's row has reached every hook before that step's checkpoint is written.
 """
 
 from __future__ import annotations

@@ -3,9 +3,19 @@
 One step: forward/backward over ``grad_accum`` micro-batches (the next batch is
 fetched while the GPU works) -> global grad norm and clipping -> one host sync
 that reads ``(loss, grad_norm)`` -> NaN/inf guard and spike guard (skip the
-optimizer step, record an event) -> optimizer step -> eval (if due) ->
-checkpoint (if due) -> hooks in list order -> the row is appended to
-``metrics.jsonl``. With no hooks nothing else runs per step.
+optimizer step, record an event) -> optimizer step -> eval (if due) -> hooks in
+list order -> the row is appended to ``metrics.jsonl`` -> checkpoint (if due).
+The row of a step is therefore recorded (in ``metrics.jsonl``, fsynced before a
+checkpoint, and handed to the hooks) before that step's checkpoint exists: a
+crash can lose work since the last checkpoint, never a row of a checkpointed
+step. With no hooks nothing else runs per step.
+
+A run holds an exclusive lock on its run dir (``model.rundir``) from before its
+first write to the end of ``fit()``. On resume in the run's own folder, rows of
+``metrics.jsonl`` after the checkpoint's step (work lost with the crash, which the
+resumed run re-does) move to ``metrics.superseded.jsonl``, so ``metrics.jsonl``
+holds each step once. Under ``model.signals.sigterm_as_interrupt`` a SIGTERM
+ends the loop after the current step, like Ctrl-C (status ``interrupted``).
 """
 
 from __future__ import annotations
@@ -28,11 +38,21 @@ import numpy as np
 import torch
 
 from model import checkpoint as ckpt_io
-from model.config import ModelConfig, TrainConfig, check_inputs, new_run_id
-from model.data import TokenData, read_text, split_tokens, write_token_files
+from model import signals
+from model.config import (
+    ENV_MEMORY_LIMIT,
+    ModelConfig,
+    TrainConfig,
+    check_inputs,
+    check_size,
+    memory_limit,
+    new_run_id,
+)
+from model.data import SPLITS, TokenData, read_text, split_tokens, write_token_files
 from model.errors import ConfigError
 from model.gpt import GPT
 from model.hooks import TrainerHook
+from model.rundir import is_empty_run_dir, lock_run_dir, tmp_name
 from model.sample import generate_text
 from model.tokenizer import Tokenizer, tokenizer_from_json, train_tokenizer
 
@@ -147,12 +167,20 @@ class Trainer:
             )
         self.run_id = run_id or (self.ckpt and self.ckpt.run_id) or new_run_id(cfg.domain)
         self.run_dir = self._choose_run_dir()
+        if self.ckpt:
+            ckpt_io.check_data_state(self.ckpt, SPLITS)
         self.dtype = self._choose_dtype()
         torch.manual_seed(cfg.seed)
         self.tokenizer, parts = self._load_data()
+        self._check_size()
         self._build_model()
-        # From here on we write.
-        self._prepare_run_dir(parts)
+        # From here on we write, holding the run dir's lock.
+        self._lock = lock_run_dir(self.run_dir, fresh=not self._resuming_here)
+        try:
+            self._prepare_run_dir(parts)
+        except BaseException:
+            self._lock.release()
+            raise
         self.batch_size = cfg.batch
         self.step = step_offset + self.start_step
         self._forward = self._build_forward()
@@ -195,6 +223,8 @@ class Trainer:
         self._init_spike_guard()
         self.best_val_loss = self.ckpt.meta.get("best_val_loss") if self.ckpt else None
         self.checkpoint_path = self.run_dir / ckpt_io.FILENAME
+        if self._resuming_here:
+            self._supersede_rows_after(self.step_offset + self.start_step)
         _atomic_write(self.run_dir / "tokenizer.json", self.tokenizer.to_json())
         _atomic_write(self.run_dir / "config.json", json.dumps(self.config_dict(), indent=2))
 
@@ -209,14 +239,48 @@ class Trainer:
         else:
             path = Path("runs") / self.run_id
         resuming_here = self.ckpt is not None and path.resolve() == self.ckpt.path.parent.resolve()
+        self._resuming_here = resuming_here
         if path.exists() and not resuming_here:
             if not path.is_dir():
                 raise ConfigError(f"--run-dir: {path} exists and is not a directory")
-            if any(path.iterdir()):
+            if not is_empty_run_dir(path):
                 raise ConfigError(
                     f"--run-dir: {path} is not empty (use --resume to continue a run)"
                 )
         return path
+
+    def _check_size(self) -> None:
+        """Refuse a model or batch that cannot fit, before anything is allocated.
+
+        The limit is the GPU's memory on CUDA, else the host's (``$ALPHA_MEMORY_LIMIT``
+        wins); under bf16 autocast activations count 2 bytes.
+        """
+        limit = memory_limit("cpu")
+        if self.device.type == "cuda" and not os.environ.get(ENV_MEMORY_LIMIT, "").strip():
+            limit = torch.cuda.get_device_properties(self.device).total_memory
+        act_bytes = 2 if self.dtype == torch.bfloat16 else 4
+        check_size(self.cfg, self.tokenizer.vocab_size, limit=limit, activation_bytes=act_bytes)
+
+    def _supersede_rows_after(self, step: int) -> None:
+        """Move rows after ``step`` (the checkpoint) to ``metrics.superseded.jsonl``."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep, drop = [], []
+        for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+            try:
+                row_step = json.loads(line).get("step")
+                ok = isinstance(row_step, int) and row_step <= step
+            except (ValueError, AttributeError):
+                ok = False  # a torn last line of a crash
+            (keep if ok else drop).append(line if line.endswith("\n") else line + "\n")
+        if not drop:
+            return
+        with (self.run_dir / "metrics.superseded.jsonl").open("a", encoding="utf-8") as f:
+            f.writelines(drop)
+            f.flush()
+            os.fsync(f.fileno())
+        _atomic_write(path, "".join(keep))
 
     def _choose_dtype(self) -> torch.dtype:
         if self.cfg.dtype == "float32" or (self.cfg.dtype == "auto" and self.device.type != "cuda"):
@@ -301,6 +365,17 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------
 
     def fit(self) -> TrainResult:
+        """Train to ``cfg.iters``; the run dir's lock is released at the end."""
+        try:
+            return self._fit()
+        finally:
+            self.release_lock()
+
+    def release_lock(self) -> None:
+        """Let another process use the run dir (``fit()`` does this when it ends)."""
+        self._lock.release()
+
+    def _fit(self) -> TrainResult:
         cfg = self.cfg
         result = TrainResult(
             self.run_id, str(self.run_dir), "completed", param_count=self.param_count
@@ -316,20 +391,28 @@ class Trainer:
                 hook.on_train_start(self)
             self.model.train()
             self._next = self._fetch(self.batch_size)
-            for local in range(self.start_step + 1, cfg.iters + 1):
-                row = self._step(local, t_start, result)
-                times.append(row["ms_per_iter"])
-                tps.append(row["tokens_per_sec"])
-                for hook in self.hooks:
-                    hook.on_step_end(self, row)
-                jsonl.write(json.dumps(row, default=_json_default) + "\n")  # line-buffered
-                self._update_bar(bar, local, row)
+            with signals.training_loop():
+                for local in range(self.start_step + 1, cfg.iters + 1):
+                    row = self._step(local, t_start, result)
+                    times.append(row["ms_per_iter"])
+                    tps.append(row["tokens_per_sec"])
+                    for hook in self.hooks:
+                        hook.on_step_end(self, row)
+                    jsonl.write(json.dumps(row, default=_json_default) + "\n")  # line-buffered
+                    if self._checkpoint_due:  # only once the step's row is recorded
+                        os.fsync(jsonl.fileno())
+                        self.save_checkpoint(local)
+                        result.checkpoint_path = str(self.checkpoint_path)
+                    self._update_bar(bar, local, row)
+                    if signals.stop_requested():
+                        raise signals.Terminated
         except KeyboardInterrupt:
             result.status = "interrupted"
         except Exception as exc:  # noqa: BLE001 - recorded in the result, traceback in the run dir
             result.status = "failed"
             result.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            _atomic_write(self.run_dir / "error.log", traceback.format_exc())
+            with contextlib.suppress(OSError):  # e.g. the disk that failed the run is full
+                _atomic_write(self.run_dir / "error.log", traceback.format_exc())
         finally:
             jsonl.close()
             if bar is not None:
@@ -371,7 +454,10 @@ class Trainer:
         self.step = self.step_offset + local
         result.steps, result.last_loss = local, _finite(loss_v)
         result.losses.append(loss_v)
-        val_loss = self._eval_and_checkpoint(local, result, events)
+        val_loss = self._evaluate_if_due(local, result)
+        self._checkpoint_due = self._is_checkpoint_step(local, val_loss)
+        if self._checkpoint_due:
+            events.append("checkpoint")  # written by fit() once this row is recorded
         clip_coef = _clip_coef(cfg.grad_clip, norm_v)
         tokens = batch_size * cfg.block * cfg.grad_accum
         return {
@@ -455,29 +541,25 @@ class Trainer:
         events.append("spike_rebaseline")
         return norm_v > self.spike_threshold
 
-    def _eval_and_checkpoint(
-        self, local: int, result: TrainResult, events: list[str]
-    ) -> float | None:
+    def _evaluate_if_due(self, local: int, result: TrainResult) -> float | None:
         cfg = self.cfg
-        val_loss = None
-        if local % cfg.eval_interval == 0 or local == cfg.iters:
-            val_loss = self.evaluate()
-            result.final_val_loss = val_loss
-            if val_loss is not None and (
-                self.best_val_loss is None or val_loss < self.best_val_loss
-            ):
-                self.best_val_loss = val_loss
+        if not (local % cfg.eval_interval == 0 or local == cfg.iters):
+            return None
+        val_loss = self.evaluate()
+        result.final_val_loss = val_loss
+        if val_loss is not None and (self.best_val_loss is None or val_loss < self.best_val_loss):
+            self.best_val_loss = val_loss
         if self.eval_test and local == cfg.iters:
             result.test_loss = self.evaluate("test")
-        if cfg.checkpoint_interval:
-            due = local % cfg.checkpoint_interval == 0
-        else:
-            due = val_loss is not None
-        if due or local == cfg.iters:
-            self.save_checkpoint(local)
-            result.checkpoint_path = str(self.checkpoint_path)
-            events.append("checkpoint")
         return val_loss
+
+    def _is_checkpoint_step(self, local: int, val_loss: float | None) -> bool:
+        cfg = self.cfg
+        if local == cfg.iters:
+            return True
+        if cfg.checkpoint_interval:
+            return local % cfg.checkpoint_interval == 0
+        return val_loss is not None
 
     @torch.no_grad()
     def evaluate(self, split: str = "val") -> float | None:
@@ -619,6 +701,9 @@ def _json_default(obj: Any) -> Any:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = tmp_name(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -6,25 +6,99 @@ back with the new columns null. Only committed objects are read (see
 ``storage.writer``). A row is identified by ``(run_id, step)``; a resumed run
 re-emits steps, so metrics are de-duplicated with the last write winning.
 Run and candidate rows are versions: the newest ``updated_at`` wins.
+
+Unreadable objects (corrupt, truncated, or of a schema that does not fit:
+a required column missing, a column of another type) are skipped, not fatal:
+the rest of the lake reads as usual. Each object's footer is checked once per
+process (objects are immutable), and if a read still fails (corruption past
+the footer), the files of that read are read one by one to find the culprit.
+Skipped objects are logged once and reported: ``read_report()`` collects the
+ones a block of reads skipped, ``skipped_objects()`` lists all seen so far.
 """
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
 import polars as pl
 
 from storage.lake import Lake, open_lake, validate_run_id
-from storage.schema import PARTITION_KEY, arrow_schema
+from storage.schema import PARTITION_KEY, arrow_schema, columns
 from storage.writer import committed_files
 
 _ORDER = "__order"
+log = logging.getLogger(__name__)
 
 LakeLike = Lake | str | os.PathLike[str] | None
+
+
+@dataclass(frozen=True)
+class SkippedObject:
+    """An object the reader could not read: its URL, table and why (one line)."""
+
+    url: str
+    table: str
+    reason: str
+
+
+@dataclass
+class LakeReadReport:
+    """Objects skipped by the reads inside one ``read_report()`` block."""
+
+    skipped: list[SkippedObject] = field(default_factory=list)
+
+    def add(self, obj: SkippedObject) -> None:
+        if obj not in self.skipped:
+            self.skipped.append(obj)
+
+    def warning(self) -> str | None:
+        """One line for a person, or None when nothing was skipped."""
+        if not self.skipped:
+            return None
+        first = self.skipped[0]
+        more = f" (and {len(self.skipped) - 1} more)" if len(self.skipped) > 1 else ""
+        return (
+            f"skipped {len(self.skipped)} unreadable lake object(s): {first.url}{more}: "
+            f"{first.reason}"
+        )
+
+
+#: Objects known to be unreadable (by path), and objects whose footer passed.
+_BAD: dict[str, SkippedObject] = {}
+_GOOD: set[str] = set()
+_REPORT: contextvars.ContextVar[LakeReadReport | None] = contextvars.ContextVar(
+    "lake_read_report", default=None
+)
+#: What a Parquet object that cannot be read raises (local files may raise OSError).
+_READ_ERRORS = (pl.exceptions.PolarsError, OSError, ValueError)
+
+
+@contextmanager
+def read_report() -> Iterator[LakeReadReport]:
+    """Collect the objects skipped by reads inside the block (per thread/context)."""
+    report = LakeReadReport()
+    token = _REPORT.set(report)
+    try:
+        yield report
+    finally:
+        _REPORT.reset(token)
+
+
+def skipped_objects(lake: LakeLike = None) -> list[SkippedObject]:
+    """Every object skipped so far in this process (of one lake, or all when ``lake`` is None)."""
+    objs = list(_BAD.values())
+    if lake is None:
+        return objs
+    root = _lake(lake).uri(_lake(lake).root).rstrip("/") + "/"
+    return [o for o in objs if o.url.startswith(root)]
 
 
 @cache
@@ -34,15 +108,21 @@ def polars_schema(table: str) -> pl.Schema:
 
 
 def scan_table(lake: LakeLike, table: str, run_id: str | None = None) -> pl.LazyFrame:
-    """Lazy scan of a table's committed files (one run or all) with ``run_id``.
+    """Lazy scan of a table's committed, readable files (one run or all) with ``run_id``.
 
     Rows come in write order (oldest file first) with an ``__order`` column
-    that later steps use for "last write wins".
+    that later steps use for "last write wins". Objects whose footer does not
+    fit are left out; corruption further in fails only at ``collect()``, so
+    prefer the functions below, which skip such objects too.
     """
     lake = _lake(lake)
     if run_id is not None:
         validate_run_id(run_id)
-    files = committed_files(lake, table, run_id)
+    files, blobs = _readable(lake, table, run_id)
+    return _scan(lake, table, files, blobs)
+
+
+def _scan(lake: Lake, table: str, files: list[str], blobs: dict[str, bytes]) -> pl.LazyFrame:
     schema = polars_schema(table)
     if not files:
         empty = pl.DataFrame(schema={PARTITION_KEY: pl.String, **schema, _ORDER: pl.UInt32})
@@ -57,7 +137,6 @@ def scan_table(lake: LakeLike, table: str, run_id: str | None = None) -> pl.Lazy
             hive_schema={PARTITION_KEY: pl.String},
         )
     else:
-        blobs = lake.fs.cat(files)
         lf = pl.concat(
             [
                 pl.scan_parquet(
@@ -69,6 +148,98 @@ def scan_table(lake: LakeLike, table: str, run_id: str | None = None) -> pl.Lazy
         )
     lf = lf.with_row_index(_ORDER)
     return lf.select(PARTITION_KEY, *schema.names(), _ORDER)
+
+
+def _read(
+    lake: LakeLike,
+    table: str,
+    run_id: str | None,
+    query: Callable[[pl.LazyFrame], pl.LazyFrame] = lambda lf: lf,
+) -> pl.DataFrame:
+    """``query`` over the table's readable objects, collected; unreadable objects skipped."""
+    lake = _lake(lake)
+    files, blobs = _readable(lake, table, run_id)
+    try:
+        return query(_scan(lake, table, files, blobs)).collect()
+    except _READ_ERRORS as exc:
+        bad = [f for f in files if _unreadable(lake, table, f, blobs)]
+        if not bad:
+            raise
+        log.debug("read of %s failed (%s); skipped %d object(s)", table, exc, len(bad))
+        good = [f for f in files if f not in set(bad)]
+        return query(_scan(lake, table, good, blobs)).collect()
+
+
+def _readable(lake: Lake, table: str, run_id: str | None) -> tuple[list[str], dict[str, bytes]]:
+    """Committed files whose footer fits the schema (checked once each), and their bytes (object stores)."""
+    files = committed_files(lake, table, run_id)
+    known_bad = [f for f in files if f in _BAD]
+    for f in known_bad:
+        _skip(_BAD[f])
+    files = [f for f in files if f not in _BAD]
+    blobs: dict[str, bytes] = {} if lake.is_local or not files else lake.fs.cat(files)
+    out = []
+    for f in files:
+        if f not in _GOOD:
+            reason = _footer_problem(table, blobs.get(f, f))
+            if reason is not None:
+                _skip(_register(lake, table, f, reason))
+                continue
+            _GOOD.add(f)
+        out.append(f)
+    return out, blobs
+
+
+def _footer_problem(table: str, source: str | bytes) -> str | None:
+    """Why an object's footer does not fit the table's schema, or None."""
+    try:
+        found = pl.read_parquet_schema(source)
+    except _READ_ERRORS as exc:
+        return _reason(exc)
+    schema = polars_schema(table)
+    for name, dtype in found.items():
+        if name in schema and dtype != schema[name]:
+            return f"column {name} is {dtype}, expected {schema[name]}"
+    for c in columns(table):
+        if not c.nullable and c.name != PARTITION_KEY and c.name not in found:
+            return f"required column {c.name} is missing"
+    return None
+
+
+def _unreadable(lake: Lake, table: str, path: str, blobs: dict[str, bytes]) -> bool:
+    """Read one object in full; register it as skipped if that fails."""
+    try:
+        pl.scan_parquet(
+            blobs.get(path, path),
+            schema=polars_schema(table),
+            missing_columns="insert",
+            extra_columns="ignore",
+        ).collect()
+        return False
+    except _READ_ERRORS as exc:
+        _skip(_register(lake, table, path, _reason(exc)))
+        return True
+
+
+def _register(lake: Lake, table: str, path: str, reason: str) -> SkippedObject:
+    obj = SkippedObject(lake.uri(path), table, reason)
+    if path not in _BAD:  # a caller with a read_report() tells the user itself
+        level = logging.INFO if _REPORT.get() is not None else logging.WARNING
+        log.log(level, "lake: skipping unreadable object %s: %s", obj.url, reason)
+    _BAD[path] = obj
+    _GOOD.discard(path)
+    return obj
+
+
+def _skip(obj: SkippedObject) -> None:
+    report = _REPORT.get()
+    if report is not None:
+        report.add(obj)
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
 
 
 def list_runs(
@@ -84,7 +255,21 @@ def list_runs(
 
     ``search`` matches run id, domain, activation or symbio mode (case-insensitive).
     """
-    lf = _newest(scan_table(lake, "runs"), ["run_id"])
+
+    def query(lf: pl.LazyFrame) -> pl.LazyFrame:
+        return _filter_runs(_newest(lf, ["run_id"]), status, symbio, domain, search, limit)
+
+    return _read(lake, "runs", None, query)
+
+
+def _filter_runs(
+    lf: pl.LazyFrame,
+    status: str | Sequence[str] | None,
+    symbio: bool | None,
+    domain: str | None,
+    search: str | None,
+    limit: int | None,
+) -> pl.LazyFrame:
     if status is not None:
         lf = lf.filter(
             pl.col("status").is_in([status] if isinstance(status, str) else list(status))
@@ -106,12 +291,12 @@ def list_runs(
     lf = lf.sort(["started_at", "updated_at"], descending=True, nulls_last=True)
     if limit is not None:
         lf = lf.head(limit)
-    return lf.collect()
+    return lf
 
 
 def get_run(lake: LakeLike, run_id: str) -> dict[str, Any] | None:
     """The newest version of one run row, or None."""
-    df = _newest(scan_table(lake, "runs", validate_run_id(run_id)), ["run_id"]).collect()
+    df = _read(lake, "runs", validate_run_id(run_id), lambda lf: _newest(lf, ["run_id"]))
     return df.row(0, named=True) if df.height else None
 
 
@@ -132,11 +317,13 @@ def run_metrics(
     """
     schema = polars_schema("metrics")
     cols = _metric_columns(columns, schema)
-    lf = scan_table(lake, "metrics", validate_run_id(run_id))
-    if since_step is not None:
-        lf = lf.filter(pl.col("step") > since_step)
-    lf = lf.select(cols + ([_ORDER] if _ORDER not in cols else []))
-    df = lf.collect()
+
+    def query(lf: pl.LazyFrame) -> pl.LazyFrame:
+        if since_step is not None:
+            lf = lf.filter(pl.col("step") > since_step)
+        return lf.select(cols + ([_ORDER] if _ORDER not in cols else []))
+
+    df = _read(lake, "metrics", validate_run_id(run_id), query)
     # Last write wins. Deciding on the narrow (step, order) pair and filtering
     # is ~5x cheaper than sorting and de-duplicating the wide rows (100k steps).
     if df["step"].n_unique() < df.height:
@@ -200,10 +387,12 @@ def _is_float(df: pl.DataFrame, c: str) -> bool:
 
 def search_candidates(lake: LakeLike, run_id: str) -> pl.DataFrame:
     """The newest version of each search candidate of a run, by generation and rank."""
-    lf = _newest(
-        scan_table(lake, "candidates", validate_run_id(run_id)), ["run_id", "candidate_id"]
-    )
-    return lf.sort(["generation", "rank", "candidate_id"], nulls_last=True).collect()
+
+    def query(lf: pl.LazyFrame) -> pl.LazyFrame:
+        lf = _newest(lf, ["run_id", "candidate_id"])
+        return lf.sort(["generation", "rank", "candidate_id"], nulls_last=True)
+
+    return _read(lake, "candidates", validate_run_id(run_id), query)
 
 
 def _newest(lf: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:

@@ -17,6 +17,7 @@ This module imports only pyarrow so that the engine's GPU machines can load it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -55,9 +56,14 @@ class Column:
     doc: str
     nullable: bool = True
     symbio: bool = False  # only symbio runs fill it
+    #: Valid range of a numeric column (inclusive; None: unbounded). The gate
+    #: quarantines a row with a value outside it. Only bounds that hold by
+    #: construction are declared (a loss, a norm, a rate, a count, a fraction).
+    ge: float | None = None
+    le: float | None = None
 
 
-def _c(name: str, type_: pa.DataType, since: int, doc: str, **kw: bool) -> Column:
+def _c(name: str, type_: pa.DataType, since: int, doc: str, **kw: Any) -> Column:
     return Column(name, type_, since, doc, **kw)
 
 
@@ -65,30 +71,50 @@ METRICS_COLUMNS: tuple[Column, ...] = (
     # -- v1: the base table --------------------------------------------------
     _c("run_id", TEXT, 1, "run identifier (also the Hive partition)", nullable=False),
     _c(
-        "step", INT, 1, "global step; unique per run (search candidates are offset)", nullable=False
+        "step",
+        INT,
+        1,
+        "global step; unique per run (search candidates are offset)",
+        nullable=False,
+        ge=0,
     ),
-    _c("loss", REAL, 1, "training loss; null only on a nan_skip step (see NAN_SKIP_EVENTS)"),
-    _c("val_loss", REAL, 1, "validation loss, on eval steps only"),
-    _c("lr", REAL, 1, "learning rate used by the step"),
-    _c("grad_norm", REAL, 1, "global gradient L2 norm before clipping"),
-    _c("tokens_per_sec", REAL, 1, "training throughput of the step"),
-    _c("ms_per_iter", REAL, 1, "wall time of the step in milliseconds"),
-    _c("elapsed_ms", REAL, 1, "wall time since training started"),
-    _c("batch_size", INT, 1, "micro-batch size the loader yielded"),
+    _c("loss", REAL, 1, "training loss; null only on a nan_skip step (see NAN_SKIP_EVENTS)", ge=0),
+    _c("val_loss", REAL, 1, "validation loss, on eval steps only", ge=0),
+    _c("lr", REAL, 1, "learning rate used by the step", ge=0),
+    _c("grad_norm", REAL, 1, "global gradient L2 norm before clipping", ge=0),
+    _c("tokens_per_sec", REAL, 1, "training throughput of the step", ge=0),
+    _c("ms_per_iter", REAL, 1, "wall time of the step in milliseconds", ge=0),
+    _c("elapsed_ms", REAL, 1, "wall time since training started", ge=0),
+    _c("batch_size", INT, 1, "micro-batch size the loader yielded", ge=1),
     _c("timestamp", TS, 1, "when the row was produced"),
     # -- v2: PRD migration v6 (clip telemetry, symbio) + engine extras ----------
-    _c("clip_coef", REAL, 2, "min(1, grad_clip / grad_norm); every step of every run"),
-    _c("clip_pct", REAL, 2, "fraction of the gradient norm removed by clipping, 1 - clip_coef"),
-    _c("mfu", REAL, 2, "model FLOPs utilisation estimate"),
+    _c("clip_coef", REAL, 2, "min(1, grad_clip / grad_norm); every step of every run", ge=0, le=1),
+    _c(
+        "clip_pct",
+        REAL,
+        2,
+        "fraction of the gradient norm removed by clipping, 1 - clip_coef",
+        ge=0,
+        le=1,
+    ),
+    _c("mfu", REAL, 2, "model FLOPs utilisation estimate", ge=0),
     _c("event", TEXT, 2, "engine event of the step: spike_skip, nan_skip, checkpoint, ..."),
-    _c("cusum_grad", REAL, 2, "CUSUM accumulator on grad_norm", symbio=True),
-    _c("cusum_clip", REAL, 2, "CUSUM accumulator on clip_pct", symbio=True),
-    _c("cusum_tps", REAL, 2, "CUSUM accumulator on falling tokens_per_sec", symbio=True),
-    _c("cusum_val", REAL, 2, "CUSUM accumulator on val_loss (eval steps)", symbio=True),
-    _c("cusum_alerts", INT, 2, "alert bitmask 0x01 grad 0x02 clip 0x04 tps 0x08 val", symbio=True),
+    _c("cusum_grad", REAL, 2, "CUSUM accumulator on grad_norm", symbio=True, ge=0),
+    _c("cusum_clip", REAL, 2, "CUSUM accumulator on clip_pct", symbio=True, ge=0),
+    _c("cusum_tps", REAL, 2, "CUSUM accumulator on falling tokens_per_sec", symbio=True, ge=0),
+    _c("cusum_val", REAL, 2, "CUSUM accumulator on val_loss (eval steps)", symbio=True, ge=0),
+    _c(
+        "cusum_alerts",
+        INT,
+        2,
+        "alert bitmask 0x01 grad 0x02 clip 0x04 tps 0x08 val",
+        symbio=True,
+        ge=0,
+        le=15,
+    ),
     _c("cusum_alert_reason", TEXT, 2, "human-readable alert reason", symbio=True),
-    _c("weight_entropy", REAL, 2, "Shannon entropy of |w| over 100 bins, bits", symbio=True),
-    _c("effective_rank", REAL, 2, "mean effective rank of 2-D weights", symbio=True),
+    _c("weight_entropy", REAL, 2, "Shannon entropy of |w| over 100 bins, bits", symbio=True, ge=0),
+    _c("effective_rank", REAL, 2, "mean effective rank of 2-D weights", symbio=True, ge=0),
     _c("free_energy", REAL, 2, "loss + beta * weight_entropy", symbio=True),
     _c(
         "population_entropy",
@@ -96,21 +122,30 @@ METRICS_COLUMNS: tuple[Column, ...] = (
         2,
         "entropy of softmax over recent losses/fitness, nats",
         symbio=True,
+        ge=0,
     ),
     _c("activation_distribution", TEXT, 2, "JSON map activation -> count", symbio=True),
     _c("mi_input_repr", REAL, 2, "I(X;T) bits", symbio=True),
     _c("mi_repr_output", REAL, 2, "I(T;Y) bits", symbio=True),
     _c("mi_compression", REAL, 2, "I(T;Y) / I(X;T)", symbio=True),
     _c("fitness_score", REAL, 2, "multi-objective fitness, eval steps", symbio=True),
-    _c("complexity_score", REAL, 2, "complexity term of fitness", symbio=True),
-    _c("adaptive_batch_size", INT, 2, "batch size chosen by adaptive batching", symbio=True),
+    _c("complexity_score", REAL, 2, "complexity term of fitness", symbio=True, ge=0),
+    _c("adaptive_batch_size", INT, 2, "batch size chosen by adaptive batching", symbio=True, ge=1),
     _c(
         "batch_change_reason", TEXT, 2, "cusum_grad | cusum_clip | cusum_tps | restore", symbio=True
     ),
     _c("symbio_candidate_id", TEXT, 2, "search candidate of this row", symbio=True),
     _c("symbio_candidate_activation", TEXT, 2, "activation of that candidate", symbio=True),
-    _c("symbio_generation", INT, 2, "search generation", symbio=True),
-    _c("architecture_diversity", REAL, 2, "fraction of unique architectures", symbio=True),
+    _c("symbio_generation", INT, 2, "search generation", symbio=True, ge=0),
+    _c(
+        "architecture_diversity",
+        REAL,
+        2,
+        "fraction of unique architectures",
+        symbio=True,
+        ge=0,
+        le=1,
+    ),
 )
 
 RUNS_COLUMNS: tuple[Column, ...] = (

@@ -1,15 +1,19 @@
 """The metric sink: the trainer enqueues rows, a background thread lands them.
 
 ``MetricSink.put`` is a ``SimpleQueue.put`` of a shallow copy: no I/O, no
-lock contention, never blocks. The writer thread batches rows (by count and by
-age), runs the gate (``storage.validation``), lands valid rows as one Parquet
-object per batch and quarantines failing rows with their reason. When the
-store fails, the batch's objects go to the local spool (``storage.spool``)
-and are retried with exponential backoff; the run goes on. On close (normal
-end, Ctrl-C, crash via ``atexit``) the buffer is flushed, or left in the spool
-for the next sink or ``alpha lake flush``. Nothing is silently dropped: the
-last resort for rows the sink cannot even encode is a JSON-lines file in the
-spool folder.
+lock contention, never blocks. The writer thread batches rows (by count, and
+by the age of the oldest row since it was *put*), runs the gate
+(``storage.validation``), lands valid rows as one Parquet object per batch
+and quarantines failing rows with their reason. When the store fails, the
+batch's objects go to the local spool (``storage.spool``) and are retried
+with exponential backoff; the run goes on. When the spool cannot take them
+either (disk full), they are held in memory (up to ``max_held_bytes``) and
+retried; only past that, or still held at close, are rows lost, and
+``SinkStats.rows_lost`` / ``SinkStats.problem`` say so. On close (normal end,
+Ctrl-C, crash via ``atexit``) the buffer is flushed, or left in the spool for
+the next sink or ``alpha lake flush``. The writer thread never dies silently:
+an unexpected error rescues its rows to a JSON-lines file, is recorded in
+``SinkStats.problem``, and the loop goes on.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import queue
 import socket
 import threading
 import time
-import uuid
+from collections import Counter, deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,7 @@ from model.hooks import TrainerHook
 from storage.lake import Lake, validate_run_id
 from storage.schema import PARTITION_KEY, arrow_schema, quarantine_schema
 from storage.spool import Spool
-from storage.validation import GateResult, MetricsGate, check_rows
+from storage.validation import GateResult, MetricsGate, batch_bounds, check_rows
 from storage.writer import batch_key, encode_parquet, object_name, put_object
 
 log = logging.getLogger(__name__)
@@ -42,11 +46,24 @@ _FLUSH, _CLOSE = "__flush__", "__close__"
 #: ``process`` (default): GX runs in a child process; ``thread``: in the writer thread.
 ENV_GATE = "ALPHA_LAKE_GATE"
 _TABLES = ("metrics", "runs", "candidates")
+#: Objects the store and the spool both refused are held in memory up to this size.
+MAX_HELD_BYTES = 64 << 20
 
 
 @dataclass
 class SinkStats:
-    """What a sink did; ``lost`` is always 0 unless rows were rescued to JSON."""
+    """What a sink did.
+
+    Metric rows: ``rows_put`` (given to ``put``), ``rows_landed`` (in the lake),
+    ``rows_quarantined`` (rejected by the gate and kept, in the lake's
+    quarantine or the spool). Rows of every table: ``rows_spooled`` (kept
+    locally, in spool entries or rescued files, not in the lake yet: ``alpha
+    lake flush`` lands them) and ``rows_lost`` (kept nowhere). For a sink of
+    metric rows only, after ``close``: ``rows_put == rows_landed +
+    rows_quarantined + rows_spooled + rows_lost``. ``problem`` is one line
+    about the worst thing that happened (lost > spooled > quarantined), or
+    None when every row landed.
+    """
 
     rows_put: int = 0
     rows_landed: int = 0
@@ -60,20 +77,36 @@ class SinkStats:
     store_errors: int = 0
     #: CPU time of the writer thread: the most it can take from the trainer's GIL.
     writer_cpu_seconds: float = 0.0
+    rows_spooled: int = 0
+    rows_lost: int = 0
+    problem: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+@dataclass
+class _Object:
+    """One object on its way to the lake: where it goes and how many rows it holds."""
+
+    key: str
+    data: bytes
+    table: str
+    rows: int
+    quarantine: bool = False
+
+
 class MetricSink:
     """Background writer of one run's rows into a lake.
 
-    Options: ``max_rows`` (batch size, default 2000), ``max_seconds`` (batch
-    age, default 5), ``batch_bounds`` ((batch_min, batch_max) of a symbio run;
+    Options: ``max_rows`` (batch size, default 2000), ``max_seconds`` (most
+    time a row waits in memory before its batch is formed, default 5),
+    ``batch_bounds`` ((batch_min, batch_max) of a symbio run;
     default: read from ``symbio_config`` of the first run row written), ``spool_dir`` (default ``$ALPHA_SPOOL`` or ``~/.cache/alpha/spool``),
     ``retry_base``/``retry_max`` (backoff seconds), ``register_atexit``,
     ``gate_in_process`` (run GX in the writer thread instead of a child
-    process; default from ``$ALPHA_LAKE_GATE``: ``thread`` or ``process``).
+    process; default from ``$ALPHA_LAKE_GATE``: ``thread`` or ``process``),
+    ``max_held_bytes`` (memory for objects neither the store nor the spool took).
     """
 
     def __init__(
@@ -89,6 +122,7 @@ class MetricSink:
         retry_max: float = 30.0,
         register_atexit: bool = True,
         gate_in_process: bool | None = None,
+        max_held_bytes: int = MAX_HELD_BYTES,
     ) -> None:
         self.lake = lake
         self.run_id = validate_run_id(run_id)
@@ -100,11 +134,19 @@ class MetricSink:
         self._retry_base, self._retry_max = retry_base, retry_max
         self._failures = 0
         self._next_retry = 0.0  # monotonic time before which the store is not tried
-        self._q: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._q: queue.SimpleQueue[tuple[str, Any, float]] = queue.SimpleQueue()
         self._gate: MetricsGate | None = None
         if gate_in_process is None:
             gate_in_process = os.environ.get(ENV_GATE, "process") == "thread"
         self._gate_in_process = gate_in_process
+        self._held: deque[_Object] = deque()  # refused by the store and the spool
+        self._held_bytes, self._max_held_bytes = 0, int(max_held_bytes)
+        self._spooled: dict[str, _Object] = {}  # our spool entries (without data), by key
+        self._store_error: str | None = None  # last store failure, one line
+        self._spool_error: str | None = None  # last spool failure, one line
+        self._writer_error: str | None = None  # last unexpected writer error, one line
+        self._reasons: Counter[str] = Counter()  # quarantine reasons
+        self._metric_tally: Counter[str] = Counter()  # rows_spooled/rows_lost of metric rows
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"lake-sink-{run_id}", daemon=True)
         self._thread.start()
@@ -115,81 +157,118 @@ class MetricSink:
     # -- producer side (training thread) ---------------------------------------
     def put(self, row: dict[str, Any]) -> None:
         """Enqueue one metric row. Never blocks, never does I/O (unless closed)."""
+        self.stats.rows_put += 1
         if self._closed:  # misuse: keep the row rather than drop it
             self._rescue("metrics", [dict(row)], RuntimeError("put() after close()"))
             return
-        self._q.put(("metrics", dict(row)))
+        self._q.put(("metrics", dict(row), time.monotonic()))
 
     def write_run(self, run_row: dict[str, Any]) -> None:
         """Upsert the run row: a new object; readers take the newest ``updated_at``."""
         row = {"run_id": self.run_id, **run_row}
         row.setdefault("updated_at", _now())
-        self._q.put(("runs", row))
+        self._q.put(("runs", row, 0.0))
 
     def write_candidates(self, rows: list[dict[str, Any]]) -> None:
         """Upsert search-candidate rows (newest ``updated_at`` per candidate wins)."""
         now = _now()
         for r in rows:
-            self._q.put(("candidates", {"run_id": self.run_id, "updated_at": now, **r}))
+            self._q.put(("candidates", {"run_id": self.run_id, "updated_at": now, **r}, 0.0))
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Land (or spool) everything put so far; False on timeout."""
         if self._closed or not self._thread.is_alive():
             return False
         done = threading.Event()
-        self._q.put((_FLUSH, done))
+        self._q.put((_FLUSH, done, 0.0))
         return done.wait(timeout)
 
     def close(self, timeout: float = 30.0) -> SinkStats:
-        """Flush, try the spool once more, stop the thread; returns the stats."""
+        """Flush, try the spool once more, stop the thread; returns the stats.
+
+        Rows the writer could not finish within ``timeout`` are counted in
+        ``rows_lost`` (they would die with the process).
+        """
         if not self._closed:
             self._closed = True
-            self._q.put((_CLOSE, None))
+            self._q.put((_CLOSE, None, 0.0))
             self._thread.join(timeout)
             if self._thread.is_alive():
-                log.warning(
-                    "lake sink: close timed out after %.0fs; unflushed rows stay queued", timeout
+                pending = self._unaccounted()
+                log.error(
+                    "lake sink: close timed out after %.0fs; %d row(s) not written",
+                    timeout,
+                    pending,
                 )
+                self._tally("rows_lost", "metrics", pending)
+                self._writer_error = f"close() timed out after {timeout:.0f}s"
             if self._atexit:
                 atexit.unregister(self._close_at_exit)
-        self.stats.spool_left = len(self.spool.entries(self.lake.url))
+        try:
+            self.stats.spool_left = len(self.spool.entries(self.lake.url))
+        except OSError:
+            pass
+        self.stats.problem = self._problem()
         return self.stats
 
     def _close_at_exit(self) -> None:
         self.close(timeout=30.0)
 
+    def _unaccounted(self) -> int:
+        """Metric rows put but neither landed, quarantined, spooled nor counted lost."""
+        s, m = self.stats, self._metric_tally
+        return max(
+            0, s.rows_put - s.rows_landed - s.rows_quarantined - m["rows_spooled"] - m["rows_lost"]
+        )
+
+    def _tally(self, field: str, table: str, n: int) -> None:
+        """Add ``n`` to ``stats.<field>`` (rows of any table) and to the metric-row tally."""
+        setattr(self.stats, field, getattr(self.stats, field) + n)
+        if table == "metrics":
+            self._metric_tally[field] += n
+
     # -- writer thread -----------------------------------------------------------
     def _run(self) -> None:
         buffers: dict[str, list[dict]] = {t: [] for t in _TABLES}
-        try:
-            self._loop(buffers)
-        except BaseException as exc:  # noqa: BLE001 - the writer must not take rows down with it
-            self._drain_into(buffers)
-            for table, rows in buffers.items():
-                if rows:
-                    self._rescue(table, rows, exc)
+        crashes = 0
+        while True:
+            try:
+                self._loop(buffers)
+                return
+            except BaseException as exc:  # noqa: BLE001 - the writer must not take rows down with it
+                crashes += 1
+                self._writer_error = f"writer error {type(exc).__name__}: {_line(exc)}"
+                log.exception("lake sink: writer error; its rows are rescued, writing goes on")
+                self._drain_into(buffers)
+                for table, rows in buffers.items():
+                    if rows:
+                        self._rescue(table, rows, exc)
+                    buffers[table] = []
+                if self._closed and self._q.empty():
+                    self._finish()
+                    return
+                time.sleep(min(1.0, 0.01 * 2 ** min(crashes, 7)))
 
     def _loop(self, buffers: dict[str, list[dict]]) -> None:
-        oldest: float | None = None
+        oldest: float | None = None  # put() time of the oldest buffered metric row
+        # GX loads (in its child, ~3-15 s) while the trainer starts and the first batch fills
+        self._build_gate()
         self._retry_spool()  # leftovers of earlier runs on this lake
         while True:
-            wait = self._wait_time(oldest)
             try:
-                kind, payload = self._q.get(timeout=wait)
+                kind, payload, put_at = self._q.get(timeout=self._wait_time(oldest))
             except queue.Empty:
-                kind, payload = "", None
+                kind, payload, put_at = "", None, 0.0
             if kind in _TABLES:
-                self.stats.rows_put += kind == "metrics"
                 buffers[kind].append(payload)
                 if kind != "metrics":  # run/candidate rows are rare: land at once
                     self._land(kind, buffers[kind])
                     buffers[kind] = []
-                else:
-                    if self._gate is None:  # GX loads while the first batch fills
-                        self._build_gate()
-                    oldest = oldest or time.monotonic()
+                elif oldest is None:
+                    oldest = put_at
             due = oldest is not None and time.monotonic() - oldest >= self.max_seconds
-            if kind in (_FLUSH, _CLOSE):
+            if due or kind in (_FLUSH, _CLOSE):
+                # rows queued meanwhile (e.g. while the last batch landed) join this batch
                 self._drain_into(buffers)
             if due or kind in (_FLUSH, _CLOSE) or len(buffers["metrics"]) >= self.max_rows:
                 self._land_all(buffers)
@@ -198,12 +277,20 @@ class MetricSink:
                 self._retry_spool(force=True)
                 payload.set()
             elif kind == _CLOSE:
-                self._retry_spool(force=True)
-                if self._gate is not None:
-                    self._gate.close()
+                self._finish()
                 return
-            elif self._failures and time.monotonic() >= self._next_retry:
+            elif (self._failures or self._held) and time.monotonic() >= self._next_retry:
                 self._retry_spool()
+
+    def _finish(self) -> None:
+        """Last landing attempts at close; what is still held in memory is lost."""
+        self._retry_spool(force=True)
+        while self._held:
+            obj = self._held.popleft()
+            self._lose(obj, "still held in memory at close")
+        self._held_bytes = 0
+        if self._gate is not None:
+            self._gate.close()
 
     def _wait_time(self, oldest: float | None) -> float:
         horizon = (
@@ -215,59 +302,70 @@ class MetricSink:
 
     def _drain_into(self, buffers: dict[str, list[dict]]) -> None:
         """Move rows already queued (before a flush/close marker) into the buffers."""
-        pending: list[tuple[str, Any]] = []
+        pending: list[tuple[str, Any, float]] = []
         while True:
             try:
-                kind, payload = self._q.get_nowait()
+                item = self._q.get_nowait()
             except queue.Empty:
                 break
-            if kind in _TABLES:
-                self.stats.rows_put += kind == "metrics"
-                buffers[kind].append(payload)
+            if item[0] in _TABLES:
+                buffers[item[0]].append(item[1])
             else:
-                pending.append((kind, payload))
+                pending.append(item)
         for item in pending:  # markers put after ours: keep their order
             self._q.put(item)
 
     def _land_all(self, buffers: dict[str, list[dict]]) -> None:
         for table in _TABLES:
             rows = buffers[table]
+            buffers[table] = []
             for i in range(0, len(rows), self.max_rows):
                 self._land(table, rows[i : i + self.max_rows])
-            buffers[table] = []
 
     def _land(self, table: str, rows: list[dict]) -> None:
         if not rows:
             return
         cpu0 = time.thread_time()
         try:
-            result = self._validate(table, rows)
-            self.stats.batches += 1
-            self.stats.gate_seconds += result.seconds
-            if result.valid.num_rows:
-                valid = result.valid.drop_columns([PARTITION_KEY])
-                data = encode_parquet(valid.cast(arrow_schema(table, with_partition=False)))
-                self._store(batch_key(table, self.run_id, object_name()), data)
-                self.stats.rows_landed += result.valid.num_rows if table == "metrics" else 0
-            if result.rejected.num_rows:
-                data = encode_parquet(result.rejected.cast(quarantine_schema(table)))
-                self._store(batch_key(table, self.run_id, object_name(), quarantine=True), data)
-                self.stats.rows_quarantined += result.rejected.num_rows
-                log.warning(
-                    "lake sink: %d %s row(s) quarantined: %s",
-                    result.rejected.num_rows,
-                    table,
-                    result.reasons,
-                )
+            objects = self._objects(table, rows)
         except Exception as exc:  # noqa: BLE001 - a bug here must not lose rows
             self._rescue(table, rows, exc)
+            objects = []
+        for obj in objects:
+            self._store(obj)
         self.stats.writer_cpu_seconds += time.thread_time() - cpu0
+
+    def _objects(self, table: str, rows: list[dict]) -> list[_Object]:
+        """Validate one batch and encode its objects (valid rows, quarantined rows)."""
+        result = self._validate(table, rows)
+        self.stats.batches += 1
+        self.stats.gate_seconds += result.seconds
+        out = []
+        if result.valid.num_rows:
+            valid = result.valid.drop_columns([PARTITION_KEY])
+            data = encode_parquet(valid.cast(arrow_schema(table, with_partition=False)))
+            key = batch_key(table, self.run_id, object_name())
+            out.append(_Object(key, data, table, valid.num_rows))
+        if result.rejected.num_rows:
+            data = encode_parquet(result.rejected.cast(quarantine_schema(table)))
+            key = batch_key(table, self.run_id, object_name(), quarantine=True)
+            out.append(_Object(key, data, table, result.rejected.num_rows, quarantine=True))
+            if table == "metrics":
+                self.stats.rows_quarantined += result.rejected.num_rows
+            self._reasons.update(result.reasons)
+            log.warning(
+                "lake sink: %d %s row(s) quarantined: %s",
+                result.rejected.num_rows,
+                table,
+                result.reasons,
+            )
+        return out
 
     def _validate(self, table: str, rows: list[dict]) -> GateResult:
         if table == "runs" and self.batch_bounds is None:
-            self.batch_bounds = _batch_bounds(rows[-1])
+            self.batch_bounds = batch_bounds(rows[-1])
             if self.batch_bounds is not None and self._gate is not None:
-                self._gate.close()  # rebuilt with the bounds at the next metric row
+                self._gate.close()  # rebuilt with the bounds for the next batch
                 self._gate = None
         if table != "metrics":
             return check_rows(table, rows, self.run_id)
@@ -285,28 +383,84 @@ class MetricSink:
         except Exception:  # noqa: BLE001 - retried at the first batch; rows are never lost
             log.exception("lake sink: could not build the validation suite")
 
-    # -- store, spool, retry -----------------------------------------------------
+    # -- store, spool, memory, retry ---------------------------------------------
     @property
     def spool_pending(self) -> bool:
-        return self._failures > 0
+        return self._failures > 0 or bool(self._held)
 
-    def _store(self, key: str, data: bytes) -> None:
-        if self._failures and time.monotonic() < self._next_retry:
-            self._to_spool(key, data)
+    def _store(self, obj: _Object) -> None:
+        if self._held or (self._failures and time.monotonic() < self._next_retry):
+            self._keep(obj)  # behind objects already waiting: keep their order
             return
         try:
-            put_object(self.lake, key, data)
-            self._store_ok()
+            put_object(self.lake, obj.key, obj.data)
         except Exception as exc:  # noqa: BLE001 - any store failure: spool and go on
             self._store_failed(exc)
-            self._to_spool(key, data)
+            self._keep(obj)
+            return
+        self._store_ok()
+        self._landed(obj)
 
-    def _to_spool(self, key: str, data: bytes) -> None:
-        self.spool.add(self.lake.url, key, data)
-        self.stats.objects_spooled += 1
+    def _landed(self, obj: _Object) -> None:
+        if obj.table == "metrics" and not obj.quarantine:
+            self.stats.rows_landed += obj.rows
+
+    def _counted(self, obj: _Object) -> int:
+        """Rows of ``obj`` that ``rows_spooled``/``rows_lost`` count (quarantined: once)."""
+        return 0 if obj.quarantine else obj.rows
+
+    def _keep(self, obj: _Object) -> None:
+        """Spool ``obj``; if the spool refuses it too (disk full), hold it in memory."""
+        if not self._held:
+            try:
+                self.spool.add(self.lake.url, obj.key, obj.data, table=obj.table, rows=obj.rows)
+            except OSError as exc:
+                self._spool_failed(exc)
+            else:
+                self._spooled[obj.key] = _Object(obj.key, b"", obj.table, obj.rows, obj.quarantine)
+                self.stats.objects_spooled += 1
+                self._tally("rows_spooled", obj.table, self._counted(obj))
+                return
+        self._held.append(obj)
+        self._held_bytes += len(obj.data)
+        while self._held_bytes > self._max_held_bytes and len(self._held) > 1:
+            old = self._held.popleft()
+            self._held_bytes -= len(old.data)
+            self._lose(old, f"more than {self._max_held_bytes >> 20} MiB held in memory")
+
+    def _lose(self, obj: _Object, why: str) -> None:
+        if obj.quarantine and obj.table == "metrics":
+            self.stats.rows_quarantined -= obj.rows  # no longer kept anywhere
+        self._tally("rows_lost", obj.table, obj.rows)
+        log.error("lake sink: %d %s row(s) lost: %s", obj.rows, obj.table, why)
+
+    def _retry_held(self) -> bool:
+        """Store (or else spool) held objects in order; False while none can go."""
+        while self._held:
+            obj = self._held[0]
+            try:
+                put_object(self.lake, obj.key, obj.data)
+            except Exception as exc:  # noqa: BLE001
+                self._store_failed(exc)
+                try:
+                    self.spool.add(self.lake.url, obj.key, obj.data, table=obj.table, rows=obj.rows)
+                except OSError as spool_exc:
+                    self._spool_failed(spool_exc)
+                    return False
+                self._spooled[obj.key] = _Object(obj.key, b"", obj.table, obj.rows, obj.quarantine)
+                self.stats.objects_spooled += 1
+                self._tally("rows_spooled", obj.table, self._counted(obj))
+            else:
+                self._store_ok()
+                self._landed(obj)
+            self._held.popleft()
+            self._held_bytes -= len(obj.data)
+        return True
 
     def _retry_spool(self, force: bool = False) -> None:
         if not force and time.monotonic() < self._next_retry:
+            return
+        if not self._retry_held():
             return
         try:
             entries = self.spool.entries(self.lake.url)
@@ -317,11 +471,18 @@ class MetricSink:
             try:
                 if self.spool.land(entry, self.lake):
                     self.stats.spool_landed += 1
+                    self._spool_entry_landed(entry.key)
                 self._store_ok()
             except Exception as exc:  # noqa: BLE001
                 self._store_failed(exc)
                 return
         self._failures = 0
+
+    def _spool_entry_landed(self, key: str) -> None:
+        obj = self._spooled.pop(key, None)
+        if obj is not None:
+            self._tally("rows_spooled", obj.table, -self._counted(obj))
+            self._landed(obj)
 
     def _store_ok(self) -> None:
         if self._failures:
@@ -332,16 +493,26 @@ class MetricSink:
     def _store_failed(self, exc: Exception) -> None:
         self._failures += 1
         self.stats.store_errors += 1
+        self._store_error = f"{type(exc).__name__}: {_line(exc)}"
         delay = min(self._retry_max, self._retry_base * 2 ** (self._failures - 1))
         self._next_retry = time.monotonic() + delay
         log.warning(
             "lake sink: store unreachable (%s); spooling, retry in %.0fs", type(exc).__name__, delay
         )
 
+    def _spool_failed(self, exc: OSError) -> None:
+        first = self._spool_error is None
+        self._spool_error = f"{type(exc).__name__}: {_line(exc)}"
+        (log.error if first else log.debug)(
+            "lake sink: the spool %s refused a batch (%s); holding it in memory",
+            self.spool.dir,
+            self._spool_error,
+        )
+
     def _rescue(self, table: str, rows: list[dict], exc: BaseException) -> None:
-        """Last resort: keep rows as JSON lines in the spool folder."""
+        """Last resort: keep rows as JSON lines in the spool folder (never raises)."""
         log.error(
-            "lake sink: could not process %d %s row(s) (%s: %s); rescued to %s",
+            "lake sink: could not process %d %s row(s) (%s: %s); rescuing to %s",
             len(rows),
             table,
             type(exc).__name__,
@@ -349,12 +520,49 @@ class MetricSink:
             self.spool.dir,
             exc_info=exc if exc.__traceback__ is not None else None,  # a bug: show where
         )
-        self.spool.dir.mkdir(parents=True, exist_ok=True)
-        path = self.spool.dir / f"rescued-{table}-{self.run_id}-{uuid.uuid4().hex[:8]}.jsonl"
-        with open(path, "w") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, default=str) + "\n")
+        reason = f"{type(exc).__name__}: {_line(exc)}"
+        try:
+            self.spool.rescue(self.lake.url, table, self.run_id, rows, reason)
+        except Exception as write_exc:  # noqa: BLE001 - disk full: count, never raise
+            self._spool_failed(write_exc if isinstance(write_exc, OSError) else OSError(write_exc))
+            self._tally("rows_lost", table, len(rows))
+            log.error("lake sink: %d %s row(s) lost: could not rescue them", len(rows), table)
+            return
         self.stats.rows_rescued += len(rows)
+        self._tally("rows_spooled", table, len(rows))
+
+    # -- reporting -----------------------------------------------------------------
+    def _problem(self) -> str | None:
+        """One line: the worst thing that happened to this sink's rows, or None."""
+        s = self.stats
+        store = f"the lake was unreachable ({self._store_error})" if self._store_error else None
+        spool = (
+            f"the spool {self.spool.dir} refused them ({self._spool_error})"
+            if self._spool_error
+            else None
+        )
+        if s.rows_lost:
+            causes = [c for c in (store, spool, self._writer_error) if c]
+            return _line(f"{s.rows_lost} row(s) lost: " + ("; ".join(causes) or "unknown cause"))
+        if s.rows_spooled:
+            cause = store or self._writer_error or "rows could not be processed"
+            return _line(
+                f"{s.rows_spooled} row(s) not in the lake yet, kept in {self.spool.dir} "
+                f"({cause}): run `alpha lake flush`"
+            )
+        if s.rows_quarantined:
+            top = ", ".join(f"{r} x{n}" for r, n in self._reasons.most_common(3))
+            return _line(
+                f"{s.rows_quarantined} row(s) failed the gate, quarantined in "
+                f"{self.lake.url}/quarantine/metrics ({top})"
+            )
+        return None
+
+
+def _line(value: Any, limit: int = 400) -> str:
+    """One line of at most ``limit`` characters."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class LakeHook(TrainerHook):
@@ -436,33 +644,8 @@ class LakeHook(TrainerHook):
         return row
 
 
-def _batch_bounds(run_row: dict[str, Any]) -> tuple[int, int] | None:
-    """Range of ``adaptive_batch_size`` for a symbio run row with adaptive batching on.
-
-    Like ``symbio.monitor.AdaptiveBatch``: ``[batchMin, batchMax]`` widened to
-    hold the run's configured batch (``train_config.batch``).
-    """
-    if not run_row.get("symbio") or not run_row.get("symbio_config"):
-        return None
-    try:
-        cfg = _as_dict(run_row["symbio_config"])
-        if not cfg.get("adaptiveBatch", cfg.get("adaptive_batch", True)):
-            return None
-        lo = cfg.get("batchMin", cfg.get("batch_min"))
-        hi = cfg.get("batchMax", cfg.get("batch_max"))
-        if lo is None or hi is None:
-            return None
-        lo, hi = int(lo), int(hi)
-        batch = _as_dict(run_row.get("train_config") or {}).get("batch")
-        if batch is not None:
-            lo, hi = min(lo, int(batch)), max(hi, int(batch))
-        return lo, hi
-    except (TypeError, ValueError):
-        return None
-
-
-def _as_dict(value: Any) -> dict[str, Any]:
-    return json.loads(value) if isinstance(value, str) else dict(value)
+#: Kept for callers of the old private name.
+_batch_bounds = batch_bounds
 
 
 def _trainer_facts(trainer: Any) -> dict[str, Any]:

@@ -7,8 +7,9 @@ Files omit ``run_id`` (it is the Hive partition) and carry the schema version
 in their metadata.
 
 Commit protocol:
-- local disk: write ``.<name>.tmp`` in the partition folder, then ``os.replace``.
-  Dot-files are ignored by pyarrow, Polars and our reader.
+- local disk: write ``.<name>.<pid>.<rand>.tmp`` in the partition folder,
+  fsync, then ``os.replace``; a failed write (disk full) removes the temporary
+  file. Dot-files are ignored by pyarrow, Polars and our reader.
 - object stores: one PUT of the whole object, then an empty marker at
   ``<lake>/_commits/<key>``. Our reader only reads objects with a marker. A
   retried batch reuses its name, so a PUT that was in doubt is overwritten by
@@ -98,10 +99,19 @@ def _sort_key(path: str) -> tuple[str, str]:
 
 
 def atomic_write_bytes(target: Path, data: bytes) -> None:
-    """Write ``data`` to a local ``target`` so readers see all of it or nothing."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
+    """Write ``data`` to a local ``target`` so readers see all of it or nothing.
+
+    On any failure (disk full, ...) the temporary file is removed: a failed
+    write leaves nothing behind. The temporary name is unique per call, so
+    concurrent writers of one target never share it.
+    """
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

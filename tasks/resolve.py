@@ -165,5 +165,7 @@ def _check_run_dir(path: Path, *, resuming_in: Path | None) -> None:
     if path.exists():
         if not path.is_dir():
             raise ConfigError(f"--run-dir: {path} exists and is not a directory")
-        if any(path.iterdir()):
+        from model.rundir import is_empty_run_dir
+
+        if not is_empty_run_dir(path):  # the lock file of a run dir does not count
             raise ConfigError(f"--run-dir: {path} is not empty (use --resume to continue a run)")

@@ -5,6 +5,13 @@ a search gives every candidate ``[SymbioHook, LakeHook] + extra_hooks``.
 The lake is opened before anything else, so a bad lake URL or missing
 credentials fail with one line before training starts. Symbio with
 ``searchMode = "ffn-activation-search"`` hands over to the search runner.
+
+Order of a single run: build the ``Trainer`` (every check of the input, then it
+locks and prepares the run dir) -> on ``--resume``, backfill the lake from the
+resumed run's ``metrics.jsonl`` (``storage.backfill``) -> ``on_ready()`` (the CLI
+prints the resolved config here, once nothing can be refused any more) ->
+train -> close the sink. ``lake_verdict`` turns the sink's stats into the
+truth about the lake that the CLI prints and exits with.
 """
 
 from __future__ import annotations
@@ -12,17 +19,17 @@ from __future__ import annotations
 import json
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model.errors import ConfigError
+from model.hooks import TrainerHook
 from tasks.resolve import ResolvedRun
 
 if TYPE_CHECKING:  # pragma: no cover
-    from model.hooks import TrainerHook
     from model.trainer import Trainer, TrainResult
     from storage.lake import Lake
 
@@ -41,10 +48,69 @@ class RunOutcome:
     sink_stats: Any = None
     search: Any = None  # the search runner's summary, in search mode
     error: str | None = None
+    backfill: Any = None  # storage.backfill.BackfillStats of a resume, or None
+    rows_produced: int | None = None  # rows handed to the lake hook by this process
+
+    @property
+    def lake(self) -> LakeVerdict:
+        return lake_verdict(self.sink_stats, self.rows_produced)
 
     @property
     def exit_code(self) -> int:
-        return {"completed": 0, "interrupted": 130}.get(self.status, 1)
+        code = {"completed": 0, "interrupted": 130}.get(self.status, 1)
+        return code or self.lake.exit_code
+
+
+@dataclass(frozen=True)
+class LakeVerdict:
+    """What the lake got: a note for the status line, an error line, an exit code."""
+
+    note: str | None = None  # e.g. "12 rows spooled, run alpha lake flush"
+    error: str | None = None  # rows were lost: say so on stderr
+    exit_code: int = 0  # 1 when rows were lost
+
+
+def lake_verdict(stats: Any, rows_produced: int | None) -> LakeVerdict:
+    """The truth about a run's rows, from its ``SinkStats`` (fields read with getattr).
+
+    Lost rows (kept nowhere: not landed, quarantined, spooled or rescued) -> exit 1;
+    rows only spooled or rescued -> a note that ``alpha lake flush`` lands them.
+    """
+    if stats is None:
+        return LakeVerdict(
+            note="lake state unknown",
+            error="the metric sink did not close: the lake may lack rows; metrics.jsonl has "
+            "them all (alpha lake flush --run-dir DIR)",
+            exit_code=1,
+        )
+    landed = int(getattr(stats, "rows_landed", 0) or 0)
+    quarantined = int(getattr(stats, "rows_quarantined", 0) or 0)
+    rescued = int(getattr(stats, "rows_rescued", 0) or 0)
+    lost = int(getattr(stats, "rows_lost", 0) or 0)
+    spooled = getattr(stats, "rows_spooled", None)
+    if spooled is None:  # a sink that does not count spooled rows (counts them as landed)
+        spooled = landed if getattr(stats, "spool_left", 0) else 0
+        landed -= spooled
+    spooled = int(spooled)
+    if rows_produced is not None:
+        lost = max(lost, rows_produced - (landed + quarantined + spooled + rescued))
+    notes = []
+    if spooled or rescued:
+        notes.append(f"{spooled + rescued} rows spooled, run alpha lake flush")
+    if quarantined:
+        notes.append(f"{quarantined} rows quarantined")
+    if lost:
+        problem = getattr(stats, "problem", None)
+        why = f": {problem}" if problem else ""
+        return LakeVerdict(
+            note="; ".join([f"{lost} rows lost", *notes]),
+            error=f"{lost} metric rows reached neither the lake nor the spool{why}; "
+            "metrics.jsonl in the run dir still has them (alpha lake flush --run-dir DIR)",
+            exit_code=1,
+        )
+    if rows_produced and landed == 0 and not notes:
+        notes.append("the lake got no rows")
+    return LakeVerdict(note="; ".join(notes) or None)
 
 
 def execute(
@@ -54,19 +120,27 @@ def execute(
     progress: bool = True,
     extra_hooks: Sequence[TrainerHook] = (),
     run_row_extra: dict[str, Any] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> RunOutcome:
     """Train ``resolved`` (a single run or an FFN-activation search) into the lake.
 
     ``run_row_extra`` adds ``runs`` columns (e.g. ``flow_run_id`` from the flow).
+    ``on_ready`` is called once every input check has passed, before training.
     Raises ``ConfigError`` for bad input found before training starts.
     """
     lake = open_lake_or_fail(lake_url)
 
     if resolved.symbio and resolved.search_mode == SEARCH_MODE:
         # ---- FFN activation search: symbio/search owns this branch -----------------
+        from model.rundir import lock_run_dir
         from tasks.search_runner import run_search
 
-        return run_search(resolved, lake_url=lake.url, progress=progress, extra_hooks=extra_hooks)
+        with lock_run_dir(Path(resolved.run_dir), fresh=resolved.resumed_step is None):
+            if on_ready is not None:
+                on_ready()
+            return run_search(
+                resolved, lake_url=lake.url, progress=progress, extra_hooks=extra_hooks
+            )
         # ---- end of the search branch ----------------------------------------------
 
     from model.trainer import Trainer
@@ -78,19 +152,28 @@ def execute(
         progress=progress,
         run_meta=resolved.run_meta(),
     )
-    run_row = build_run_row(resolved, trainer, extra=run_row_extra)
-    sink = MetricSink(lake, resolved.run_id)
+    try:
+        backfill = _backfill_resumed(lake, trainer)
+        run_row = build_run_row(resolved, trainer, extra=run_row_extra)
+        sink = MetricSink(lake, resolved.run_id)
+    except BaseException:
+        trainer.release_lock()
+        raise
     hooks: list[TrainerHook] = []
     if resolved.symbio:
         from symbio.hook import SymbioHook
 
         hooks.append(SymbioHook(resolved.symbio_config))
-    hooks.append(LakeHook(sink, run_row))
+    counter = _RowCounter()
+    hooks += [LakeHook(sink, run_row), counter]
     hooks.extend(extra_hooks)
     trainer.hooks = tuple(hooks)
     try:
+        if on_ready is not None:
+            on_ready()
         result = trainer.fit()
     finally:
+        trainer.release_lock()
         stats = _close_sink(sink)
     return RunOutcome(
         run_id=resolved.run_id,
@@ -100,7 +183,35 @@ def execute(
         result=result,
         sink_stats=stats,
         error=result.error,
+        backfill=backfill,
+        rows_produced=counter.rows,
     )
+
+
+class _RowCounter(TrainerHook):
+    """Counts the rows the lake hook was given (to tell lost rows from unproduced ones)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def on_step_end(self, trainer: Any, row: dict[str, Any]) -> None:
+        self.rows += 1
+
+
+def _backfill_resumed(lake: Lake, trainer: Trainer) -> Any:
+    """On resume: land the resumed run's rows (up to its checkpoint) that the lake lacks."""
+    if trainer.ckpt is None:
+        return None
+    from storage.backfill import BackfillError, backfill_run
+
+    jsonl = trainer.ckpt.path.parent / "metrics.jsonl"
+    if not jsonl.exists():
+        return None
+    try:
+        return backfill_run(lake, trainer.run_id, jsonl, max_step=trainer.step)
+    except BackfillError as exc:  # the lake is unreadable: train anyway, say so
+        print(f"warning: no backfill of run {trainer.run_id}: {exc}", file=sys.stderr)
+        return None
 
 
 def open_lake_or_fail(lake_url: str | None) -> Lake:

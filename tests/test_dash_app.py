@@ -284,3 +284,25 @@ def test_running_run_that_went_silent_is_flagged(tmp_path: Path) -> None:
         "no new rows for"
         in find(route(lake, f"/runs/{old}", "", poll_ms=1000), "stale-badge").children
     )
+
+
+def test_a_corrupt_lake_object_gives_a_warning_banner_not_an_error_page(tmp_path: Path) -> None:
+    lake = open_lake(str(tmp_path))
+    lf.plain_run(lake, "fine-1", steps=30)
+    lf.plain_run(lake, "hurt-1", steps=30)
+    lf.append_steps(lake, "hurt-1", 31, 10, symbio=False)
+    broken = sorted((tmp_path / "metrics" / "run_id=hurt-1").glob("*.parquet"))[-1]
+    broken.write_bytes(b"PAR1 truncated by a full disk")
+    (tmp_path / "runs" / "run_id=ghost-1").mkdir(parents=True)
+    (tmp_path / "runs" / "run_id=ghost-1" / "00000000000000000001-x.parquet").write_bytes(b"\0")
+    assert find(route(lake, "/runs/fine-1", "", poll_ms=1000), "lake-warning") is None
+    for path in ("/", "/runs/hurt-1", "/compare"):
+        page = route(lake, path, "?runs=fine-1,hurt-1", poll_ms=1000)
+        banner = find(page, "lake-warning")
+        assert banner is not None, path
+        assert "unreadable lake object" in banner.children[1].children, path
+        assert "Could not read the lake" not in json.dumps(page, cls=plotly.utils.PlotlyJSONEncoder)
+    page = route(lake, "/runs/hurt-1", "", poll_ms=1000)
+    assert find(page, "card-loss").children.figure["data"][0]["x"][-1] == 30  # what is readable
+    rows = runs_page.table_rows(lake, data.reader.list_runs(lake))
+    assert {r["id"] for r in rows} == {"fine-1", "hurt-1"}  # the ghost's only row is unreadable
