@@ -179,6 +179,33 @@ def _parse_ts(text: str) -> dt.datetime | str:
     return ts if ts.tzinfo else ts.replace(tzinfo=dt.UTC)
 
 
+def _row_from_config(run_dir: Path, run_id: str) -> dict[str, Any] | None:
+    """A ``running`` run row rebuilt from the run dir's ``config.json`` (None if unreadable)."""
+    try:
+        cfg = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+        started = dt.datetime.fromtimestamp(
+            (Path(run_dir) / "config.json").stat().st_mtime, dt.UTC
+        )
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    return {
+        "run_id": run_id,
+        "status": "running",
+        "domain": cfg.get("domain"),
+        "model_config": json.dumps(cfg.get("model_config")),
+        "train_config": json.dumps(cfg, default=str),
+        "started_at": started,
+        "total_iters": cfg.get("iters"),
+        "param_count": cfg.get("param_count"),
+        "device": cfg.get("device"),
+        "run_dir": str(Path(run_dir).resolve()),
+        "ffn_activation": cfg.get("ffn_activation"),
+        "symbio": int(bool(cfg.get("symbio"))),
+    }
+
+
 def run_id_of(run_dir: Path) -> str:
     """The run id of a run dir: ``config.json``, else the first row of ``metrics.jsonl``."""
     for name, key in (("config.json", None), (JSONL_NAME, "first row")):
@@ -219,13 +246,23 @@ def backfill_run_dir(
     run_dir = check_run_dir(run_dir)
     run_id = run_id_of(run_dir)
     stats = backfill_run(lake, run_id, run_dir / JSONL_NAME, spool_dir=spool_dir)
-    settle_run_row(lake, run_id, spool_dir=spool_dir)
+    settle_run_row(lake, run_id, spool_dir=spool_dir, run_dir=run_dir)
     return run_id, stats
 
 
-def settle_run_row(lake: Lake, run_id: str, *, spool_dir: str | Path | None = None) -> bool:
+def settle_run_row(
+    lake: Lake,
+    run_id: str,
+    *,
+    spool_dir: str | Path | None = None,
+    run_dir: Path | None = None,
+) -> bool:
     """A run row left ``running`` by a dead process becomes ``failed`` with the lake's
-    latest step; returns whether a new version was written."""
+    latest step; returns whether a new version was written.
+
+    A process killed before its first run row landed (the sink lands it once the gate
+    is up) left none: with ``run_dir`` one is made from its ``config.json``.
+    """
     from storage.reader import get_run
     from storage.sink import MetricSink
 
@@ -234,6 +271,8 @@ def settle_run_row(lake: Lake, run_id: str, *, spool_dir: str | Path | None = No
     except Exception as exc:  # noqa: BLE001 - an unreadable runs table: leave it
         log.warning("backfill: cannot read the run row of %s: %s", run_id, exc)
         return False
+    if row is None and run_dir is not None:
+        row = _row_from_config(run_dir, run_id)
     if row is None or row.get("status") != "running":
         return False
     steps = lake_steps(lake, run_id)

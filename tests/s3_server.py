@@ -78,6 +78,7 @@ def s3_env(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> Iterator[None]:
 @pytest.fixture
 def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
     """A running server with bucket ``alpha-lake`` and the AWS env set; stopped after."""
+    _reset_moto()  # a test that ran its own server may have left buckets behind
     server = S3Server()
     server.start()
     try:
