@@ -9,6 +9,7 @@ Imports neither Prefect nor Dash; torch is imported only once input is valid.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -75,6 +76,14 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="metric lake: a folder or s3://bucket/prefix (default $ALPHA_LAKE, else ./lake)",
     )
+    parser.add_argument(
+        "--max-search-minutes",
+        type=float,
+        default=S,
+        metavar="X",
+        help="budget of an activation search: scaled down to fit the timing probe's "
+        "estimate, or refused (default 60; 0: no limit)",
+    )
 
 
 def _metavar(flag: str, type_: type) -> str:
@@ -112,6 +121,9 @@ def _train(args: argparse.Namespace) -> int:
 
     explicit = dict(vars(args))
     lake_url = explicit.pop("lake", None) or os.environ.get("ALPHA_LAKE") or "./lake"
+    budget = explicit.pop("max_search_minutes", None)
+    if budget is not None and not (math.isfinite(budget) and budget >= 0):
+        raise ConfigError(f"--max-search-minutes: must be a number >= 0 (got {budget})")
     resolved = resolve_run_config(explicit)
 
     from tasks.run import execute, open_lake_or_fail
@@ -120,7 +132,7 @@ def _train(args: argparse.Namespace) -> int:
     _print_header(resolved, lake_url)
 
     t0 = time.perf_counter()
-    outcome = execute(resolved, lake_url=lake_url, progress=True)
+    outcome = execute(resolved, lake_url=lake_url, progress=True, max_search_minutes=budget)
     _print_footer(outcome, time.perf_counter() - t0)
     return EXIT_CODES.get(outcome.status, 1)
 

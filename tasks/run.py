@@ -54,10 +54,12 @@ def execute(
     progress: bool = True,
     extra_hooks: Sequence[TrainerHook] = (),
     run_row_extra: dict[str, Any] | None = None,
+    max_search_minutes: float | None = None,
 ) -> RunOutcome:
     """Train ``resolved`` (a single run or an FFN-activation search) into the lake.
 
-    ``run_row_extra`` adds ``runs`` columns (e.g. ``flow_run_id`` from the flow).
+    ``run_row_extra`` adds ``runs`` columns (e.g. ``flow_run_id`` from the flow);
+    ``max_search_minutes`` is a search's budget (``tasks.search_runner.run_search``).
     Raises ``ConfigError`` for bad input found before training starts.
     """
     lake = open_lake_or_fail(lake_url)
@@ -66,7 +68,13 @@ def execute(
         # ---- FFN activation search: symbio/search owns this branch -----------------
         from tasks.search_runner import run_search
 
-        return run_search(resolved, lake_url=lake.url, progress=progress, extra_hooks=extra_hooks)
+        return run_search(
+            resolved,
+            lake_url=lake.url,
+            progress=progress,
+            extra_hooks=extra_hooks,
+            max_search_minutes=max_search_minutes,
+        )
         # ---- end of the search branch ----------------------------------------------
 
     from model.trainer import Trainer

@@ -22,6 +22,7 @@ storage package.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -39,8 +40,11 @@ from model.errors import ConfigError
 from model.hooks import TrainerHook
 from symbio.search.candidate import Candidate, CandidateResult
 from symbio.search.estimate import (
+    BUDGET_MARGIN,
+    DEFAULT_MAX_SEARCH_MINUTES,
     Estimate,
     estimate_search,
+    fit_budget,
     format_duration,
     probe_activation,
     probe_steps,
@@ -211,6 +215,8 @@ class CandidateTrainer:
         from model.trainer import train
         from symbio.hook import SymbioHook
 
+        if self._stop.is_set():  # the search is stopping: do not start another candidate
+            raise SearchInterrupted(c.candidate_id)
         folder = self.run_dir / "candidates" / c.candidate_id
         offset = c.ordinal * self.steps
         cfg = candidate_train_config(self.base, c, self.steps, folder)
@@ -323,13 +329,16 @@ def run_search(
     on_generation: Callable[[GenerationResult], None] | None = None,
     slots: int | None = None,
     extra_hooks: Sequence[TrainerHook] = (),
+    max_search_minutes: float | None = None,
 ) -> SearchOutcome:
     """Run the FFN activation search of ``resolved`` and write its artifacts.
 
     ``lake_url`` None means the default lake (``$ALPHA_LAKE`` or ``./lake``);
     ``use_lake=False`` writes only the run directory. ``executor`` decides how
     the loop's steps run (default: ``ThreadExecutor`` with ``slots``, see
-    ``resolve_slots``).
+    ``resolve_slots``). ``max_search_minutes`` (default
+    ``DEFAULT_MAX_SEARCH_MINUTES``, 0 = no limit) scales the search down to
+    what the timing probe says fits, or refuses it (``ConfigError``).
     """
     if resolved.symbio_config is None:
         raise ConfigError("--symbio: the activation search needs symbio mode")
@@ -346,8 +355,19 @@ def run_search(
         flow_run_id=flow_run_id,
         on_generation=on_generation,
         extra_hooks=extra_hooks,
+        max_minutes=check_budget_minutes(max_search_minutes),
     )
     return search.run()
+
+
+def check_budget_minutes(minutes: float | None) -> float:
+    """``--max-search-minutes``: None -> the default; must be a finite number >= 0."""
+    if minutes is None:
+        return DEFAULT_MAX_SEARCH_MINUTES
+    value = float(minutes)
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"--max-search-minutes: must be a number >= 0 (got {minutes})")
+    return value
 
 
 class _Search:
@@ -366,8 +386,10 @@ class _Search:
         flow_run_id: str | None,
         on_generation: Callable[[GenerationResult], None] | None,
         extra_hooks: Sequence[TrainerHook] = (),
+        max_minutes: float = DEFAULT_MAX_SEARCH_MINUTES,
     ) -> None:
         self.resolved = resolved
+        self.max_minutes = max_minutes
         self.extra_hooks = tuple(extra_hooks)
         self.cfg: TrainConfig = resolved.train
         self.symbio: SymbioConfig = resolved.symbio_config
@@ -391,6 +413,7 @@ class _Search:
         (self.run_dir / CANDIDATES_FILE).unlink(missing_ok=True)
         self._announce()
         self.estimate = self._estimate()
+        self._apply_budget()
         self._open_sink()
         self._write_run("running")
         status, error = "completed", None
@@ -398,11 +421,11 @@ class _Search:
             run_generations(
                 self.plan, self._trainer(), self.executor, on_generation=self._generation_done
             )
-        except KeyboardInterrupt:
-            status, error = "cancelled", "interrupted"
-            raise
         except Exception as exc:
             status, error = "failed", _one_line(exc)
+            raise
+        except BaseException as exc:  # Ctrl-C, Prefect's cancel (TerminationSignal), SystemExit
+            status, error = "cancelled", f"interrupted ({type(exc).__name__})"
             raise
         finally:
             if status == "completed" and pick_winner(self.generations) is None:
@@ -442,6 +465,39 @@ class _Search:
         )
         print(est.describe(self.slots), flush=True)
         return est
+
+    def _apply_budget(self) -> None:
+        """Scale the plan to ``max_minutes`` (or refuse it); docs/search.md, Duration."""
+        if self.estimate is None or not self.max_minutes:
+            return
+        p, before = self.estimate.probe, self.plan
+        left = self.max_minutes * 60 - (time.perf_counter() - self.t0)
+        fit = fit_budget(
+            p, population_size=before.population_size, generations=before.generations,
+            steps=self.steps, eval_interval=self.cfg.eval_interval,
+            min_population=len(before.pool), budget_s=max(0.0, left) * BUDGET_MARGIN,
+        )  # fmt: skip
+        line = fit.describe((before.population_size, before.generations, self.steps))
+        if not fit.fits:
+            if self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()  # refused before anything was written
+            raise ConfigError(line)
+        if not fit.changed:
+            return
+        print(line, flush=True)
+        self.steps = fit.steps
+        self.plan = dataclasses.replace(
+            before, population_size=fit.population_size, generations=fit.generations,
+            steps=fit.steps,
+        )  # fmt: skip
+        self.symbio = self.symbio.model_copy(
+            update={"population_size": fit.population_size, "generations": fit.generations,
+                    "steps_per_candidate": fit.steps}
+        )  # fmt: skip
+        self.estimate = estimate_search(
+            p, candidates=self.plan.total_candidates, steps=self.steps,
+            eval_interval=min(self.cfg.eval_interval, self.steps),
+        )  # fmt: skip
 
     def _trainer(self) -> CandidateTrainer:
         return CandidateTrainer(

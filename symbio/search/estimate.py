@@ -17,6 +17,14 @@ with ``n_evals = ceil(steps / eval_interval)``, and the search costs that
 times the number of candidates: the estimate assumes candidates run one after
 another (concurrent slots can only shorten it). After each generation the
 runner prints a revised estimate from the measured generation wall time.
+
+**Budget.** ``fit_budget`` checks the estimate against ``max_search_minutes``
+(default ``DEFAULT_MAX_SEARCH_MINUTES``; 0 = no limit) and, when the search
+does not fit, scales it down rather than refusing it (a deployment run with no
+parameters should finish, not fail): first fewer generations (every candidate
+keeps its full training length), then fewer candidates (down to one per
+activation of the pool), then fewer steps (down to ``MIN_STEPS``). Only a
+search that does not fit even then is refused.
 """
 
 from __future__ import annotations
@@ -31,6 +39,14 @@ from pathlib import Path
 from typing import Any
 
 PROBE_STEPS = 8
+#: The budget of a search when none is given: ``alpha train --symbio`` and a
+#: no-parameter ``alpha/symbio`` deployment run both finish within an hour.
+DEFAULT_MAX_SEARCH_MINUTES = 60.0
+#: The plan is fitted to this share of the budget left: the estimate is a
+#: measurement of a few steps, not a promise.
+BUDGET_MARGIN = 0.9
+#: Fewest steps per candidate a scaled-down search keeps (fewer rank noise).
+MIN_STEPS = 20
 
 
 @dataclass(frozen=True)
@@ -120,3 +136,87 @@ def format_duration(seconds: float | None) -> str:
     if h:
         return f"{h}h{m:02d}m{s:02d}s"
     return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+@dataclass(frozen=True)
+class BudgetFit:
+    """A search plan checked against a budget.
+
+    ``population_size``/``generations``/``steps`` is the plan that fits (equal
+    to the input when it already fitted); ``fits`` is False when nothing down
+    to one generation of one candidate per activation at ``MIN_STEPS`` does.
+    """
+
+    population_size: int
+    generations: int
+    steps: int
+    estimate_s: float
+    budget_s: float
+    changed: bool
+    fits: bool
+
+    def describe(self, before: tuple[int, int, int]) -> str:
+        """One line: the new plan (or the refusal), with the numbers behind it."""
+        pop, gens, steps = before
+        budget = format_duration(self.budget_s)
+        if not self.fits:
+            return (
+                f"search refused: even {self.generations} generation x {self.population_size} "
+                f"candidates x {self.steps} steps needs about {format_duration(self.estimate_s)}, "
+                f"over the budget of {budget} (--max-search-minutes; 0 = no limit)"
+            )
+        return (
+            f"search scaled to fit the budget of {budget} (--max-search-minutes; 0 = no "
+            f"limit): {gens} x {pop} x {steps} -> {self.generations} generation(s) x "
+            f"{self.population_size} candidates x {self.steps} steps, "
+            f"estimated {format_duration(self.estimate_s)}"
+        )
+
+
+def candidate_seconds(probe: Probe, steps: int, eval_interval: int) -> float:
+    """Estimated wall time of one candidate of ``steps`` steps (evals as the runner sets them)."""
+    every = max(1, min(eval_interval, steps))
+    return probe.setup_s + steps * probe.ms_per_iter / 1000.0 + math.ceil(steps / every) * probe.eval_s
+
+
+def fit_budget(
+    probe: Probe,
+    *,
+    population_size: int,
+    generations: int,
+    steps: int,
+    eval_interval: int,
+    min_population: int,
+    budget_s: float,
+    min_steps: int = MIN_STEPS,
+) -> BudgetFit:
+    """The largest plan whose serial estimate fits ``budget_s``.
+
+    Shrinks generations first, then candidates (to ``min_population``, one per
+    activation), then steps (to ``min_steps``); never grows anything.
+    """
+    min_population = max(1, min(min_population, population_size))
+    min_steps = max(1, min(min_steps, steps))
+
+    def total(p: int, g: int, s: int) -> float:
+        return p * g * candidate_seconds(probe, s, eval_interval)
+
+    def fit(p: int, g: int, s: int, ok: bool = True) -> BudgetFit:
+        changed = (p, g, s) != (population_size, generations, steps)
+        return BudgetFit(p, g, s, total(p, g, s), budget_s, changed, ok)
+
+    if total(population_size, generations, steps) <= budget_s:
+        return fit(population_size, generations, steps)
+    for g in range(generations - 1, 0, -1):
+        if total(population_size, g, steps) <= budget_s:
+            return fit(population_size, g, steps)
+    for p in range(population_size - 1, min_population - 1, -1):
+        if total(p, 1, steps) <= budget_s:
+            return fit(p, 1, steps)
+    if total(min_population, 1, min_steps) > budget_s:
+        return fit(min_population, 1, min_steps, ok=False)
+    lo, hi = min_steps, steps  # total(lo) fits, total(hi) does not: bisect the longest that fits
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if total(min_population, 1, mid) <= budget_s else (lo, mid)
+    return fit(min_population, 1, lo)

@@ -1,0 +1,71 @@
+"""The ``alpha-candidate`` flow: train one candidate (or a batch) of an activation search.
+
+A search with ``search_dispatch="deployment"`` (``flows.search_flow``) runs
+each candidate as a flow run of this flow's ``candidate`` deployment
+(``deployments/prefect.yaml``), so whichever worker of the pool picks it up
+trains it. Parameters are plain data (``tasks.search_remote`` documents the
+contract): ``search`` (the search's spec), ``candidates`` (each candidate,
+its generation's fields and the checkpoint it starts from) and ``lake``.
+Metric rows, the result record and the checkpoint go to the lake.
+
+One task run per candidate, ``train-<candidate id>-<activation>``: Failed when
+the candidate failed (the flow run is then Failed too, its data the result
+records), Cancelled/Crashed when the run was stopped. A cancel of this flow
+run stops the candidate at its next step and lands its rows before the run ends.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
+
+from symbio.search.candidate import Candidate, CandidateResult
+from symbio.search.loop import PopulationInfo
+from tasks.search_remote import TAGS, run_stoppable, train_candidates
+
+# Before torch loads OpenMP (as `alpha train` does): spinning threads collapse on a shared CPU.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@task(
+    name="train-candidate",
+    task_run_name="train-{candidate.candidate_id}-{candidate.activation}",
+    cache_policy=NO_CACHE,
+    tags=TAGS,
+)
+def train_candidate(trainer: Any, candidate: Candidate, info: PopulationInfo) -> Any:
+    """Train one candidate; a failed one is a Failed task run whose data is its result."""
+    result = run_stoppable(trainer, candidate, info)
+    if not result.ok:
+        return Failed(
+            message=f"candidate {candidate.candidate_id}: {result.failure_reason}", data=result
+        )
+    return result
+
+
+def _train_in_task(trainer: Any, candidate: Candidate, info: PopulationInfo) -> CandidateResult:
+    state = train_candidate(trainer, candidate, info, return_state=True)
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
+@flow(
+    name="alpha-candidate",
+    description="Train candidates of an Alpha FFN activation search (dispatched by the search).",
+    log_prints=True,
+)
+def alpha_candidate(
+    search: dict[str, Any], candidates: list[dict[str, Any]], lake: str | None = None
+) -> Any:
+    """Train ``candidates`` of ``search``; returns their result records (also in the lake)."""
+    records = train_candidates(search, candidates, lake, train_one=_train_in_task)
+    failed = [r["candidate_id"] for r in records if (r.get("result") or {}).get("status") != "ok"]
+    if failed:
+        return Failed(message=f"candidate(s) failed: {', '.join(failed)}", data=records)
+    return records
