@@ -239,7 +239,12 @@ def result_from_record(candidate: Candidate, record: dict[str, Any]) -> Candidat
 def worker_info() -> dict[str, Any]:
     from prefect.runtime import flow_run
 
-    return {"host": socket.gethostname(), "pid": os.getpid(), "flow_run_id": flow_run.get_id()}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "worker": os.environ.get("PREFECT__WORKER_NAME"),  # set by the worker that started us
+        "flow_run_id": flow_run.get_id(),
+    }
 
 
 def _now() -> str:

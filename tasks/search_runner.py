@@ -477,7 +477,8 @@ class _Search:
             steps=self.steps, eval_interval=self.cfg.eval_interval,
             min_population=len(before.pool), budget_s=max(0.0, left) * BUDGET_MARGIN,
         )  # fmt: skip
-        line = fit.describe((before.population_size, before.generations, self.steps))
+        was = (before.population_size, before.generations, self.steps)
+        line = fit.describe(was, self.max_minutes)
         if not fit.fits:
             if self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
                 self.run_dir.rmdir()  # refused before anything was written

@@ -155,21 +155,21 @@ class BudgetFit:
     changed: bool
     fits: bool
 
-    def describe(self, before: tuple[int, int, int]) -> str:
+    def describe(self, before: tuple[int, int, int], minutes: float) -> str:
         """One line: the new plan (or the refusal), with the numbers behind it."""
         pop, gens, steps = before
-        budget = format_duration(self.budget_s)
+        flag = f"--max-search-minutes {minutes:g}"
         if not self.fits:
             return (
                 f"search refused: even {self.generations} generation x {self.population_size} "
                 f"candidates x {self.steps} steps needs about {format_duration(self.estimate_s)}, "
-                f"over the budget of {budget} (--max-search-minutes; 0 = no limit)"
+                f"more than {flag} allows (raise it, 0 = no limit, or use a faster device)"
             )
         return (
-            f"search scaled to fit the budget of {budget} (--max-search-minutes; 0 = no "
-            f"limit): {gens} x {pop} x {steps} -> {self.generations} generation(s) x "
-            f"{self.population_size} candidates x {self.steps} steps, "
-            f"estimated {format_duration(self.estimate_s)}"
+            f"search scaled down to fit {flag} (0 = no limit): {gens} generation(s) x {pop} "
+            f"candidates x {steps} steps -> {self.generations} x {self.population_size} x "
+            f"{self.steps}, estimated {format_duration(self.estimate_s)} "
+            f"(planned to {format_duration(self.budget_s)})"
         )
 
 
