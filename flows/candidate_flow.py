@@ -17,11 +17,13 @@ run stops the candidate at its next step and lands its rows before the run ends.
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import Failed
+from prefect.exceptions import TerminationSignal
+from prefect.states import Cancelled, Failed
 
 from symbio.search.candidate import Candidate, CandidateResult
 from symbio.search.loop import PopulationInfo
@@ -38,8 +40,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     tags=TAGS,
 )
 def train_candidate(trainer: Any, candidate: Candidate, info: PopulationInfo) -> Any:
-    """Train one candidate; a failed one is a Failed task run whose data is its result."""
-    result = run_stoppable(trainer, candidate, info)
+    """Train one candidate; a failed one is a Failed task run whose data is its result,
+    one stopped by a cancel of the flow run a Cancelled one."""
+    try:
+        result = run_stoppable(trainer, candidate, info)
+    except TerminationSignal:  # the cancel: the candidate has stopped and its rows are queued
+        return Cancelled(message=f"candidate {candidate.candidate_id} stopped: flow run cancelled")
     if not result.ok:
         return Failed(
             message=f"candidate {candidate.candidate_id}: {result.failure_reason}", data=result
@@ -49,6 +55,8 @@ def train_candidate(trainer: Any, candidate: Candidate, info: PopulationInfo) ->
 
 def _train_in_task(trainer: Any, candidate: Candidate, info: PopulationInfo) -> CandidateResult:
     state = train_candidate(trainer, candidate, info, return_state=True)
+    if state.is_cancelled():  # hand the cancel on to the flow engine, which ends the run
+        raise TerminationSignal(signal.SIGTERM)
     value = state.result(raise_on_failure=False)
     if isinstance(value, BaseException):
         raise value

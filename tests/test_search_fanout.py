@@ -213,6 +213,10 @@ def _children(c: Cluster, run_id: str) -> list[dict]:
                 flow_runs={"tags": {"all_": [f"alpha-search:{run_id}"]}})  # fmt: skip
 
 
+def _task_runs(c: Cluster, flow_run_id: str) -> list[dict]:
+    return _api(c, "POST", "/task_runs/filter", flow_runs={"id": {"any_": [flow_run_id]}})
+
+
 def _deployment_run(c: Cluster, params: dict) -> str:
     out = c.p.run("deployment", "run", "alpha/symbio", "--params", json.dumps(params))
     return re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
@@ -288,6 +292,11 @@ def test_cancel_of_a_fanned_out_search_stops_every_candidate(cluster: Cluster) -
         cluster, "cancel-remote", {"search_dispatch": "deployment", "search_parallel": 2}
     )
     assert children and all(r["state"]["type"] == "CANCELLED" for r in children), children
+    for child in children:  # the candidate's own task run says so too
+        tasks = _task_runs(cluster, child["id"])
+        assert [t["state"]["type"] for t in tasks if t["name"].startswith("train-")] == [
+            "CANCELLED"
+        ], tasks
 
 
 def _cancel_mid_search(c: Cluster, name: str, extra: dict) -> list[dict]:
@@ -321,6 +330,13 @@ def _cancel_mid_search(c: Cluster, name: str, extra: dict) -> list[dict]:
 
     row = get_run(lake, run_id)
     assert row["status"] == "cancelled", row
+    (search,) = _api(c, "POST", "/flow_runs/filter",
+                     flow_runs={"name": {"any_": [f"search-{run_id}"]}})  # fmt: skip
+    assert search["state"]["type"] == "CANCELLED"
+    train = {t["name"]: t["state"]["type"] for t in _task_runs(c, search["id"])}
+    train = {k: v for k, v in train.items() if k.startswith("train-g")}
+    assert set(train) == {"train-g0-c00-gelu", "train-g0-c01-relu"}, train
+    assert set(train.values()) == {"CANCELLED"}, train
     children = _children(c, run_id)
     for child in children:  # none of them still training
         assert child["state"]["type"] in FINAL, child
