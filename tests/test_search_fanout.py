@@ -25,7 +25,13 @@ import pytest
 from test_prefect_e2e import BIN, FINAL, ROOT, Prefect, _free_port, _stop
 
 from model.config import SHIPPED_CORPUS
-from symbio.search.estimate import MIN_STEPS, Probe, candidate_seconds, fit_budget
+from symbio.search.estimate import (
+    CANDIDATE_OVERHEAD_S,
+    MIN_STEPS,
+    Probe,
+    candidate_seconds,
+    fit_budget,
+)
 
 # -- the budget (pure) -------------------------------------------------------------
 
@@ -41,7 +47,7 @@ def test_a_search_within_budget_is_left_alone() -> None:
     fit = _fit(10 * 3600)
     assert fit.fits and not fit.changed
     assert (fit.population_size, fit.generations, fit.steps) == (6, 4, 1000)
-    assert fit.estimate_s == pytest.approx(24 * (2.0 + 460.0 + 4 * 1.0))
+    assert fit.estimate_s == pytest.approx(24 * (2.0 + CANDIDATE_OVERHEAD_S + 460.0 + 4 * 1.0))
 
 
 def test_the_default_cpu_search_is_scaled_to_the_hour() -> None:
@@ -352,7 +358,7 @@ def test_no_parameter_symbio_run_finishes_within_its_budget(cluster: Cluster) ->
     """`alpha/symbio` with only a budget (and where to write): the default search of the
     default model on a CPU worker either fits (scaled down) or is refused in one line."""
     c = cluster
-    budget = 0.5
+    budget = 0.75
     params = {"max_search_minutes": budget, "lake": str(c.tmp / "lake"),
               "run_dir": str(c.tmp / "budget")}  # fmt: skip
     run = _wait(c, _deployment_run(c, params), timeout=WAIT_S)

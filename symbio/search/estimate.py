@@ -43,8 +43,12 @@ PROBE_STEPS = 8
 #: no-parameter ``alpha/symbio`` deployment run both finish within an hour.
 DEFAULT_MAX_SEARCH_MINUTES = 60.0
 #: The plan is fitted to this share of the budget left: the estimate is a
-#: measurement of a few steps, not a promise.
-BUDGET_MARGIN = 0.9
+#: measurement of a few steps, not a promise (and symbio hooks, off in the probe,
+#: add to every step).
+BUDGET_MARGIN = 0.8
+#: Per-candidate cost the probe does not see: its hooks and lake sink, the task
+#: run around it (measured ~2 s on a 2-core CPU box with the default model).
+CANDIDATE_OVERHEAD_S = 2.0
 #: Fewest steps per candidate a scaled-down search keeps (fewer rank noise).
 MIN_STEPS = 20
 
@@ -162,8 +166,9 @@ class BudgetFit:
         if not self.fits:
             return (
                 f"search refused: even {self.generations} generation x {self.population_size} "
-                f"candidates x {self.steps} steps needs about {format_duration(self.estimate_s)}, "
-                f"more than {flag} allows (raise it, 0 = no limit, or use a faster device)"
+                f"candidates x {self.steps} steps needs about {format_duration(self.estimate_s)} "
+                f"and {flag} leaves {format_duration(self.budget_s)} for it (after the timing "
+                "probe, with a safety margin); raise it (0 = no limit) or use a faster device"
             )
         return (
             f"search scaled down to fit {flag} (0 = no limit): {gens} generation(s) x {pop} "
@@ -176,7 +181,8 @@ class BudgetFit:
 def candidate_seconds(probe: Probe, steps: int, eval_interval: int) -> float:
     """Estimated wall time of one candidate of ``steps`` steps (evals as the runner sets them)."""
     every = max(1, min(eval_interval, steps))
-    return probe.setup_s + steps * probe.ms_per_iter / 1000.0 + math.ceil(steps / every) * probe.eval_s
+    fixed = probe.setup_s + CANDIDATE_OVERHEAD_S
+    return fixed + steps * probe.ms_per_iter / 1000.0 + math.ceil(steps / every) * probe.eval_s
 
 
 def fit_budget(
