@@ -72,6 +72,8 @@ DISPATCHES = ("local", "deployment")
 POLL_S = 1.0
 #: How long a stopping search waits for a cancelled candidate flow run to end.
 CANCEL_WAIT_S = 20.0
+#: A candidate flow run still Scheduled after this long: say that no worker serves it.
+UNCLAIMED_WARN_S = 60.0
 CHECKPOINT_FILE = "checkpoint.safetensors"  # model.checkpoint.FILENAME
 TAGS = ("alpha", "symbio-search")
 
@@ -417,13 +419,24 @@ class RemoteCandidates:
         """Poll until the flow run is final; cancel it on ``stop()`` or after the timeout."""
         from prefect.client.orchestration import get_client
 
-        deadline = time.monotonic() + self.timeout_s
-        cancel_deadline = None
+        t0 = time.monotonic()
+        deadline, cancel_deadline, warned = t0 + self.timeout_s, None, False
         with get_client(sync_client=True) as client:
             while True:
-                state = client.read_flow_run(flow_run_id).state
+                flow_run = client.read_flow_run(flow_run_id)
+                state = flow_run.state
                 if state is not None and state.is_final():
                     return state
+                if not warned and state is not None and state.is_scheduled() and (
+                    time.monotonic() - t0 > UNCLAIMED_WARN_S
+                ):
+                    warned = True
+                    print(
+                        f"  candidate flow run {flow_run.name} waits for a worker: start one with "
+                        f"`prefect worker start --pool {flow_run.work_pool_name} --work-queue "
+                        f"{flow_run.work_queue_name}`",
+                        flush=True,
+                    )
                 if cancel_deadline is None and (self._stop.is_set() or time.monotonic() > deadline):
                     cancel_flow_run(client, flow_run_id, state)
                     cancel_deadline = time.monotonic() + CANCEL_WAIT_S
@@ -465,6 +478,8 @@ class DeploymentExecutor:
         self.slots = parallel
         self.remote = remote
         self.last: RemoteCandidates | None = None
+        #: read by the search runner: no local timing probe (and so no budget check)
+        self.trains_elsewhere = f"the workers of {deployment_name(remote.get('deployment'))}"
 
     def call(self, step: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         if _in_flow():

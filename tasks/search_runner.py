@@ -447,6 +447,10 @@ class _Search:
         if n == 0:
             print("search estimate: timing probe off (ALPHA_SEARCH_PROBE_STEPS=0)", flush=True)
             return None
+        if where := getattr(self.executor, "trains_elsewhere", None):
+            # this process may not even have the workers' device: no probe, no budget
+            print(f"search estimate: none, candidates train on {where}", flush=True)
+            return None
         from model.trainer import train
 
         act = probe_activation(self.plan.pool)

@@ -166,8 +166,9 @@ class BudgetFit:
         if not self.fits:
             return (
                 f"search refused: even {self.generations} generation x {self.population_size} "
-                f"candidates x {self.steps} steps needs about {format_duration(self.estimate_s)} "
-                f"and {flag} leaves {format_duration(self.budget_s)} for it (after the timing "
+                f"candidates x {self.steps} steps needs about "
+                f"{format_duration(math.ceil(self.estimate_s))} and {flag} leaves "
+                f"{format_duration(math.floor(self.budget_s))} for it (after the timing "
                 "probe, with a safety margin); raise it (0 = no limit) or use a faster device"
             )
         return (
