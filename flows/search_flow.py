@@ -32,6 +32,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from model.errors import ConfigError
 from symbio.search.loop import GenerationResult
 from tasks.notify import NotifyHook, notifier_from_env
 from tasks.resolve import ResolvedRun
@@ -75,9 +76,12 @@ def run_search_flow(
         resolved = dataclasses.replace(resolved, run_id=run_id)
     dispatch = check_dispatch(dispatch)
     if dispatch == "deployment":
-        slots = parallel or min(DEFAULT_PARALLEL, resolved.symbio_config.population_size)
+        pop = resolved.symbio_config.population_size
+        slots = parallel if parallel is not None else min(DEFAULT_PARALLEL, pop)
     else:
         slots = resolve_slots(device_type(resolved.train), slots)
+    if slots < 1:
+        raise ConfigError(f"search_parallel: must be >= 1 (got {slots})")
     flow_run_id = flow_run_id or flow_run.get_id()
     configured = search_flow.with_options(
         task_runner=ThreadPoolTaskRunner(max_workers=slots),

@@ -75,7 +75,10 @@ CANCEL_WAIT_S = 20.0
 #: A candidate flow run still Scheduled after this long: say that no worker serves it.
 UNCLAIMED_WARN_S = 60.0
 CHECKPOINT_FILE = "checkpoint.safetensors"  # model.checkpoint.FILENAME
-TAGS = ("alpha", "symbio-search")
+#: Tags of candidate flow runs and of their task runs. Not ``symbio-search``, the
+#: tag of the search's own task runs: a tag concurrency limit on that would count
+#: a candidate twice (its dispatch task and its training task) and could deadlock.
+TAGS = ("alpha", "symbio-candidate")
 
 
 def check_dispatch(dispatch: str | None) -> str:
