@@ -149,13 +149,15 @@ def upload_file(lake: Lake, local: Path, parts: Sequence[str]) -> str:
     return lake.uri(path)
 
 
-def download_file(url: str, local: Path) -> None:
-    """Fetch ``url`` (a lake object, any fsspec URL or path) to ``local``, atomically."""
+def download_file(lake: Lake | None, source: str, local: Path) -> None:
+    """Fetch ``source`` to ``local`` (atomically): a path in ``lake``'s filesystem, or
+    with ``lake=None`` any fsspec URL or local path."""
     import fsspec
 
     local.parent.mkdir(parents=True, exist_ok=True)
     tmp = local.with_name(f".{local.name}.tmp-{os.getpid()}")
-    with fsspec.open(url, "rb") as src, open(tmp, "wb") as dst:
+    opener = lake.fs.open(source, "rb") if lake is not None else fsspec.open(source, "rb")
+    with opener as src, open(tmp, "wb") as dst:
         while chunk := src.read(1 << 22):
             dst.write(chunk)
     os.replace(tmp, local)
@@ -321,16 +323,22 @@ def _train_one(lake, spec, folder, trainer, train_one, c, info, resume_from) -> 
 
 def fetch_checkpoint(lake: Lake, run_id: str, source: str, folder: Path) -> Path:
     """Download the checkpoint ``source`` (a candidate id of this search, or a URL)."""
-    if "://" in source or source.startswith("/"):
-        url, name = source, Path(source.rstrip("/")).parent.name
-    else:
-        url, name = lake.uri(lake.path(*checkpoint_parts(run_id, source))), source
+    fs: Lake | None = lake
+    if "://" in source or source.startswith("/"):  # a URL or path of its own
+        where, name = source, Path(source.rstrip("/")).parent.name
+        prefix = lake.uri(lake.root).rstrip("/") + "/"
+        if source.startswith(prefix):  # inside the lake: through its filesystem
+            where = lake.path(source[len(prefix) :])
+        else:
+            fs = None
+    else:  # a candidate of this search
+        where, name = lake.path(*checkpoint_parts(run_id, source)), source
     local = folder / "candidates" / name / CHECKPOINT_FILE
     if not local.is_file():
         try:
-            download_file(url, local)
+            download_file(fs, where, local)
         except FileNotFoundError:
-            raise ConfigError(f"resume_from: no checkpoint at {url}") from None
+            raise ConfigError(f"resume_from: no checkpoint at {source}") from None
     return local
 
 
