@@ -27,6 +27,7 @@ from prefect.states import Cancelled, Failed
 
 from symbio.search.candidate import Candidate, CandidateResult
 from symbio.search.loop import PopulationInfo
+from tasks.notify import NotifyHook, notifier_from_env
 from tasks.search_remote import TAGS, run_stoppable, train_candidates
 
 # Before torch loads OpenMP (as `alpha train` does): spinning threads collapse on a shared CPU.
@@ -72,7 +73,15 @@ def alpha_candidate(
     search: dict[str, Any], candidates: list[dict[str, Any]], lake: str | None = None
 ) -> Any:
     """Train ``candidates`` of ``search``; returns their result records (also in the lake)."""
-    records = train_candidates(search, candidates, lake, train_one=_train_in_task)
+    notifier = notifier_from_env()  # the worker's own Discord settings, if any
+    hooks = (NotifyHook(notifier),) if notifier is not None else ()
+    try:
+        records = train_candidates(
+            search, candidates, lake, train_one=_train_in_task, extra_hooks=hooks
+        )
+    finally:
+        if notifier is not None:
+            notifier.close()
     failed = [r["candidate_id"] for r in records if (r.get("result") or {}).get("status") != "ok"]
     if failed:
         return Failed(message=f"candidate(s) failed: {', '.join(failed)}", data=records)

@@ -181,7 +181,9 @@ def search_spec(trainer: CandidateTrainer) -> dict[str, Any]:
     }
 
 
-def trainer_from_spec(spec: dict[str, Any], *, run_dir: Path, sink: Any) -> CandidateTrainer:
+def trainer_from_spec(
+    spec: dict[str, Any], *, run_dir: Path, sink: Any, extra_hooks: Sequence[Any] = ()
+) -> CandidateTrainer:
     from model.config import TrainConfig
     from symbio.config import load_symbio_config
     from tasks.search_runner import CandidateTrainer
@@ -195,6 +197,7 @@ def trainer_from_spec(spec: dict[str, Any], *, run_dir: Path, sink: Any) -> Cand
         sink=sink,
         progress=False,
         run_meta=dict(spec.get("run_meta") or {}),
+        extra_hooks=extra_hooks,
     )
 
 
@@ -274,6 +277,7 @@ def train_candidates(
     lake_url: str | None,
     *,
     train_one: Callable[[Any, Candidate, PopulationInfo], CandidateResult] | None = None,
+    extra_hooks: Sequence[Any] = (),
 ) -> list[dict[str, Any]]:
     """Train ``candidates`` of the search ``spec`` one after another; their result records.
 
@@ -289,7 +293,7 @@ def train_candidates(
     bounds = spec.get("batch_bounds")
     sink = MetricSink(lake, spec["run_id"], batch_bounds=tuple(bounds) if bounds else None)
     folder = work_dir(spec)
-    trainer = trainer_from_spec(spec, run_dir=folder, sink=sink)
+    trainer = trainer_from_spec(spec, run_dir=folder, sink=sink, extra_hooks=extra_hooks)
     train_one = train_one or run_stoppable
     records = []
     try:
@@ -390,6 +394,7 @@ class RemoteCandidates:
 
     def __call__(self, c: Candidate, info: PopulationInfo) -> CandidateResult:
         from prefect.deployments import run_deployment
+        from prefect.exceptions import ObjectNotFound
 
         from tasks.search_runner import SearchInterrupted
 
@@ -403,15 +408,21 @@ class RemoteCandidates:
             "lake": self.lake.url,
         }
         t0 = time.perf_counter()
-        flow_run = run_deployment(
-            self.deployment,
-            parameters=params,
-            timeout=0,
-            flow_run_name=f"{run_id}-{c.candidate_id}-{c.activation}",
-            tags=[*TAGS, f"alpha-search:{run_id}"],
-            work_queue_name=self.work_queue,
-            job_variables=self.job_variables,
-        )
+        try:
+            flow_run = run_deployment(
+                self.deployment,
+                parameters=params,
+                timeout=0,
+                flow_run_name=f"{run_id}-{c.candidate_id}-{c.activation}",
+                tags=[*TAGS, f"alpha-search:{run_id}"],
+                work_queue_name=self.work_queue,
+                job_variables=self.job_variables,
+            )
+        except ObjectNotFound:
+            raise ConfigError(
+                f"search_dispatch=deployment: no deployment {self.deployment!r} on the Prefect "
+                "server (prefect deploy --all --prefect-file deployments/prefect.yaml)"
+            ) from None
         state = self._wait_final(flow_run.id)
         record = get_json(self.lake, result_parts(run_id, c.candidate_id))
         if record and record.get("config_error"):

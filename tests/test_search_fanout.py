@@ -75,6 +75,7 @@ def test_a_search_that_cannot_fit_is_refused_in_one_line() -> None:
     assert "4 generation(s) x 6 candidates x 1000 steps -> 1 x 4 x" in scaled
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_search_that_cannot_fit(tmp_path: Path) -> None:
     """`alpha train --symbio` (the default search, default model) with a budget no CPU
     can meet: one line on stderr, exit 2, no run dir, nothing in the lake."""
@@ -238,6 +239,7 @@ def _ts(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+@pytest.mark.slow
 def test_search_fans_out_to_two_workers_and_matches_the_local_search(cluster: Cluster) -> None:
     """The same seeded search twice in one flow process: candidates dispatched to the
     two candidate workers (overlapping, in two processes), then as local threads."""
@@ -290,10 +292,12 @@ def test_search_fans_out_to_two_workers_and_matches_the_local_search(cluster: Cl
     assert _children(c, local_id) == []
 
 
+@pytest.mark.slow
 def test_cancel_of_a_local_search_stops_it_and_says_cancelled(cluster: Cluster) -> None:
     _cancel_mid_search(cluster, "cancel-local", {})
 
 
+@pytest.mark.slow
 def test_cancel_of_a_fanned_out_search_stops_every_candidate(cluster: Cluster) -> None:
     children = _cancel_mid_search(
         cluster, "cancel-remote", {"search_dispatch": "deployment", "search_parallel": 2}
@@ -322,7 +326,7 @@ def _cancel_mid_search(c: Cluster, name: str, extra: dict) -> list[dict]:
         if runs is not None and "flow_run_id" in runs.columns:
             mine = runs.filter(runs["flow_run_id"] == flow_run_id)
             run_id = mine["run_id"][0] if mine.height else None
-        if run_id and run_metrics(lake, run_id, columns=["step"]).height >= 20:
+        if run_id and run_metrics(lake, run_id, columns=["step"]).height >= 5:
             break
         time.sleep(1)
     assert run_id, f"no training rows within {WAIT_S}s\n{c.p.tail('worker-search')}"
@@ -350,11 +354,12 @@ def _cancel_mid_search(c: Cluster, name: str, extra: dict) -> list[dict]:
     time.sleep(3)  # anything still writing would land now
     ended = _ts(run["end_time"])
     stamps = run_metrics(lake, run_id, columns=["timestamp"])["timestamp"]
-    assert stamps.len() >= 20 and stamps.max() <= ended, (stamps.max(), ended)
+    assert stamps.len() >= 5 and stamps.max() <= ended, (stamps.max(), ended)
     assert not list(c.spool.glob("rescued-*")), list(c.spool.iterdir())
     return children
 
 
+@pytest.mark.slow
 def test_no_parameter_symbio_run_finishes_within_its_budget(cluster: Cluster) -> None:
     """`alpha/symbio` with only a budget (and where to write): the default search of the
     default model on a CPU worker either fits (scaled down) or is refused in one line."""
