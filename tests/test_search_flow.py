@@ -160,3 +160,22 @@ def test_a_failed_search_is_a_failed_subflow(prefect_harness, tmp_path, monkeypa
     task_runs, _ = asyncio.run(_task_runs(str(search.id)))
     train = [t.state.type.value for t in task_runs if t.name.startswith("train-")]
     assert train == ["FAILED", "FAILED"]
+
+
+def test_fan_out_without_the_candidate_deployment_fails_in_one_line(prefect_harness, tmp_path):
+    from flows.search_flow import run_search_flow
+    from model.errors import ConfigError
+    from storage.reader import get_run
+
+    resolved = _resolved(
+        tmp_path,
+        {"activationPool": ["gelu", "relu"], "searchStrategy": "exhaustive",
+         "stepsPerCandidate": 4},
+    )  # fmt: skip
+    lake = str(tmp_path / "lake")
+    with pytest.raises(ConfigError, match="^search_dispatch=deployment: no deployment 'alpha-"):
+        run_search_flow(resolved, lake_url=lake, dispatch="deployment")
+    with pytest.raises(ConfigError, match="search_parallel: must be >= 1"):
+        run_search_flow(resolved, lake_url=lake, dispatch="deployment", parallel=0)
+    run = get_run(lake, resolved.run_id)
+    assert run["status"] == "failed" and "no deployment" in run["error"]
