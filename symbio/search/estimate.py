@@ -12,8 +12,8 @@ settings, in a scratch folder that is deleted afterwards. It measures:
 - ``eval_s``: one evaluation plus the checkpoint written with it (the probe
   ends with both).
 
-A candidate then costs ``setup_s + steps * ms_per_iter + n_evals * eval_s``
-with ``n_evals = ceil(steps / eval_interval)``, and the search costs that
+A candidate then costs ``setup_s + CANDIDATE_OVERHEAD_S + steps * ms_per_iter +
+n_evals * eval_s`` with ``n_evals = ceil(steps / eval_interval)``, and the search costs that
 times the number of candidates: the estimate assumes candidates run one after
 another (concurrent slots can only shorten it). After each generation the
 runner prints a revised estimate from the measured generation wall time.
@@ -123,8 +123,7 @@ def run_probe(
 
 
 def estimate_search(probe: Probe, *, candidates: int, steps: int, eval_interval: int) -> Estimate:
-    n_evals = math.ceil(steps / max(1, eval_interval))
-    per = probe.setup_s + steps * probe.ms_per_iter / 1000.0 + n_evals * probe.eval_s
+    per = candidate_seconds(probe, steps, eval_interval)
     return Estimate(per, per * candidates, candidates, probe)
 
 
