@@ -319,7 +319,8 @@ def _train_one(lake, spec, folder, trainer, train_one, c, info, resume_from) -> 
         raise
     worker["ended_at"] = _now()
     ckpt = Path(result.run_dir or folder / "candidates" / cid) / CHECKPOINT_FILE
-    url = upload_file(lake, ckpt, checkpoint_parts(run_id, cid)) if ckpt.is_file() else None
+    keep = result.ok and ckpt.is_file()  # a failed candidate's weights help no one
+    url = upload_file(lake, ckpt, checkpoint_parts(run_id, cid)) if keep else None
     record = result_record(result, worker=worker, checkpoint=url)
     put_bytes(lake, result_parts(run_id, cid), json.dumps(record, allow_nan=False).encode())
     return record
