@@ -409,6 +409,7 @@ class _Search:
     # -- phases --
 
     def run(self) -> SearchOutcome:
+        self._made_run_dir = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / CANDIDATES_FILE).unlink(missing_ok=True)
         self._announce()
@@ -484,7 +485,7 @@ class _Search:
         was = (before.population_size, before.generations, self.steps)
         line = fit.describe(was, self.max_minutes)
         if not fit.fits:
-            if self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
+            if self._made_run_dir and not any(self.run_dir.iterdir()):
                 self.run_dir.rmdir()  # refused before anything was written
             raise ConfigError(line)
         if not fit.changed:
