@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import TerminationSignal
+from prefect.runtime import flow_run
 from prefect.states import Cancelled, Failed
 
 from symbio.search.candidate import Candidate, CandidateResult
 from symbio.search.loop import PopulationInfo
 from tasks.notify import NotifyHook, notifier_from_env
 from tasks.search_remote import TAGS, run_stoppable, train_candidates
+from tasks.search_runner import SearchInterrupted
 
 # Before torch loads OpenMP (as `alpha train` does): spinning threads collapse on a shared CPU.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -45,7 +48,10 @@ def train_candidate(trainer: Any, candidate: Candidate, info: PopulationInfo) ->
     one stopped by a cancel of the flow run a Cancelled one."""
     try:
         result = run_stoppable(trainer, candidate, info)
-    except TerminationSignal:  # the cancel: the candidate has stopped and its rows are queued
+    except TerminationSignal:  # the worker's cancel: stopped, its rows queued
+        _SIGNALLED.set()
+        return Cancelled(message=f"candidate {candidate.candidate_id} stopped: flow run cancelled")
+    except SearchInterrupted:  # our own watch saw the cancel first
         return Cancelled(message=f"candidate {candidate.candidate_id} stopped: flow run cancelled")
     if not result.ok:
         return Failed(
@@ -54,10 +60,29 @@ def train_candidate(trainer: Any, candidate: Candidate, info: PopulationInfo) ->
     return result
 
 
+#: Set when Prefect's SIGTERM (the worker's cancel) reached a candidate of this process.
+_SIGNALLED = threading.Event()
+
+
+def _being_cancelled(flow_run_id: str | None):
+    """``() -> bool``: is this flow run Cancelling/Cancelled (asked of the API)?"""
+    if not flow_run_id:
+        return None
+
+    def cancelled() -> bool:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+        return state is not None and (state.is_cancelling() or state.is_cancelled())
+
+    return cancelled
+
+
 def _train_in_task(trainer: Any, candidate: Candidate, info: PopulationInfo) -> CandidateResult:
     state = train_candidate(trainer, candidate, info, return_state=True)
-    if state.is_cancelled():  # hand the cancel on to the flow engine, which ends the run
-        raise TerminationSignal(signal.SIGTERM)
+    if state.is_cancelled():  # hand the cancel on: to the flow engine (a signal) or the flow
+        raise TerminationSignal(signal.SIGTERM) if _SIGNALLED.is_set() else SearchInterrupted()
     value = state.result(raise_on_failure=False)
     if isinstance(value, BaseException):
         raise value
@@ -77,8 +102,11 @@ def alpha_candidate(
     hooks = (NotifyHook(notifier),) if notifier is not None else ()
     try:
         records = train_candidates(
-            search, candidates, lake, train_one=_train_in_task, extra_hooks=hooks
-        )
+            search, candidates, lake, train_one=_train_in_task, extra_hooks=hooks,
+            cancelled=_being_cancelled(flow_run.get_id()),
+        )  # fmt: skip
+    except SearchInterrupted:
+        return Cancelled(message="cancelled: every candidate stopped and its rows landed")
     finally:
         if notifier is not None:
             notifier.close()

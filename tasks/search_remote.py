@@ -74,6 +74,8 @@ POLL_S = 1.0
 CANCEL_WAIT_S = 20.0
 #: A candidate flow run still Scheduled after this long: say that no worker serves it.
 UNCLAIMED_WARN_S = 60.0
+#: How often a candidate flow run checks whether it is being cancelled.
+WATCH_S = 2.0
 CHECKPOINT_FILE = "checkpoint.safetensors"  # model.checkpoint.FILENAME
 #: Tags of candidate flow runs and of their task runs. Not ``symbio-search``, the
 #: tag of the search's own task runs: a tag concurrency limit on that would count
@@ -278,6 +280,7 @@ def train_candidates(
     *,
     train_one: Callable[[Any, Candidate, PopulationInfo], CandidateResult] | None = None,
     extra_hooks: Sequence[Any] = (),
+    cancelled: Callable[[], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``candidates`` of the search ``spec`` one after another; their result records.
 
@@ -285,6 +288,9 @@ def train_candidates(
     ``train_one(trainer, candidate, info)`` runs one candidate (default: in a
     stoppable thread, ``run_stoppable``); the candidate flow passes a Prefect
     task here. A ``ConfigError`` is recorded (so the search stops on it) and raised.
+    ``cancelled()``, polled every ``WATCH_S`` seconds, stops training when true (the
+    candidate flow asks the API whether its own flow run is being cancelled: a
+    worker may miss the cancel of a run that was just starting).
     """
     from storage.lake import open_lake
     from storage.sink import MetricSink
@@ -295,14 +301,52 @@ def train_candidates(
     folder = work_dir(spec)
     trainer = trainer_from_spec(spec, run_dir=folder, sink=sink, extra_hooks=extra_hooks)
     train_one = train_one or run_stoppable
-    records = []
+    records: list[dict[str, Any]] = []
+    stopped = False
+    watcher = _watch(cancelled, trainer.stop) if cancelled is not None else None
     try:
         for params in candidates:
             c, info, resume_from = candidate_from_params(params)
             records.append(_train_one(lake, spec, folder, trainer, train_one, c, info, resume_from))
+    except BaseException as exc:
+        stopped = not isinstance(exc, Exception)  # a cancel (TerminationSignal), Ctrl-C
+        raise
     finally:
-        sink.close()
+        if watcher is not None:
+            watcher.set()
+        sink.close()  # every row queued so far lands (or spools) before anyone is told
+        if stopped:
+            _mark_stopped(lake, spec["run_id"], candidates, records)
     return records
+
+
+def _watch(cancelled: Callable[[], bool], stop: Callable[[], None]) -> threading.Event:
+    """A daemon thread that calls ``stop()`` once ``cancelled()``; set the event to end it."""
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(WATCH_S):
+            try:
+                if cancelled():
+                    stop()
+                    return
+            except Exception:  # noqa: BLE001 - a failed poll is retried; the worker's SIGTERM stays
+                continue
+
+    threading.Thread(target=loop, name="candidate-cancel-watch", daemon=True).start()
+    return done
+
+
+def _mark_stopped(lake: Lake, run_id: str, candidates, records) -> None:
+    """Tell the search that these candidates stopped and wrote their last row: it need
+    not wait for Prefect to finish marking this flow run Cancelled."""
+    done = {r["candidate_id"] for r in records}
+    for params in candidates:
+        cid = params["candidate"]["candidate_id"]
+        if cid not in done:
+            record = {"candidate_id": cid, "result": None, "stopped": True,
+                      "worker": {**worker_info(), "ended_at": _now()}, "error": None}  # fmt: skip
+            put_bytes(lake, result_parts(run_id, cid), json.dumps(record).encode())
 
 
 def _train_one(lake, spec, folder, trainer, train_one, c, info, resume_from) -> dict[str, Any]:
@@ -424,12 +468,12 @@ class RemoteCandidates:
                 f"search_dispatch=deployment: no deployment {self.deployment!r} on the Prefect "
                 "server (prefect deploy --all --prefect-file deployments/prefect.yaml)"
             ) from None
-        state = self._wait_final(flow_run.id)
+        state = self._wait_final(flow_run.id, result_parts(run_id, c.candidate_id))
         record = get_json(self.lake, result_parts(run_id, c.candidate_id))
         if record and record.get("config_error"):
             raise ConfigError(record["error"])
-        if state.is_cancelled() and self._stop.is_set():
-            raise SearchInterrupted(c.candidate_id)
+        if self._stop.is_set() and not (record and record.get("result")):
+            raise SearchInterrupted(c.candidate_id)  # stopped before it finished
         if record and record.get("result"):
             self.placements[c.candidate_id] = dict(record.get("worker") or {})
             return result_from_record(c, record)
@@ -438,8 +482,13 @@ class RemoteCandidates:
         why = (state.message or "").splitlines()[0][:200] if state.message else ""
         return out.failed(f"candidate flow run {state.name.lower()}{': ' + why if why else ''}")
 
-    def _wait_final(self, flow_run_id: Any) -> Any:
-        """Poll until the flow run is final; cancel it on ``stop()`` or after the timeout."""
+    def _wait_final(self, flow_run_id: Any, record: Sequence[str]) -> Any:
+        """Poll until the flow run is final; cancel it on ``stop()`` or after the timeout.
+
+        Once cancelled, the candidate's ``stopped`` record (written after its sink
+        closed) ends the wait too: Prefect may take many seconds more to mark the
+        run Cancelled, and the search has only the worker's grace period left.
+        """
         from prefect.client.orchestration import get_client
 
         t0 = time.monotonic()
@@ -463,7 +512,9 @@ class RemoteCandidates:
                 if cancel_deadline is None and (self._stop.is_set() or time.monotonic() > deadline):
                     cancel_flow_run(client, flow_run_id, state)
                     cancel_deadline = time.monotonic() + CANCEL_WAIT_S
-                elif cancel_deadline is not None and time.monotonic() > cancel_deadline:
+                elif cancel_deadline is not None and (
+                    time.monotonic() > cancel_deadline or get_json(self.lake, record)
+                ):
                     return state
                 time.sleep(self.poll_s)
 
@@ -474,7 +525,7 @@ def cancel_flow_run(client: Any, flow_run_id: Any, state: Any) -> None:
     from prefect.states import Cancelled, Cancelling
 
     message = "the search is stopping"
-    started = state is not None and (state.is_running() or state.is_cancelling())
+    started = state is not None and not state.is_scheduled()  # a worker has it
     try:
         if started:
             client.set_flow_run_state(flow_run_id, Cancelling(message=message))
