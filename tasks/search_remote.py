@@ -13,7 +13,7 @@ Everything that travels is plain data, and files go through the lake (any
 fsspec URL: a shared folder or ``s3://``), never through local paths:
 
 - **parameters** of a candidate flow run (``candidate_params``): ``search``,
-  the search's spec (``search_spec``: run id, steps per candidate, the resolved
+  the search's spec (``search_spec``: run id, step stride per candidate, the resolved
   ``TrainConfig`` as JSON, the symbio config in camelCase, run metadata, batch
   bounds, the search's ``run_dir``), ``candidates`` (each: the ``Candidate``
   dict, the generation's ``PopulationInfo`` dict and ``resume_from``) and
@@ -174,7 +174,7 @@ def search_spec(trainer: CandidateTrainer) -> dict[str, Any]:
     bounds = getattr(sink, "batch_bounds", None)
     return {
         "run_id": trainer.run_id,
-        "steps": trainer.steps,
+        "step_stride": trainer.step_stride,
         "train": trainer.base.model_dump(mode="json"),
         "symbio": trainer.symbio.to_camel_dict(),
         "run_meta": trainer.run_meta,
@@ -195,7 +195,7 @@ def trainer_from_spec(
         symbio=load_symbio_config(dict(spec["symbio"]))[0],
         run_id=spec["run_id"],
         run_dir=run_dir,
-        steps=int(spec["steps"]),
+        step_stride=int(spec["step_stride"]),
         sink=sink,
         progress=False,
         run_meta=dict(spec.get("run_meta") or {}),
@@ -477,7 +477,7 @@ class RemoteCandidates:
         if record and record.get("result"):
             self.placements[c.candidate_id] = dict(record.get("worker") or {})
             return result_from_record(c, record)
-        out = CandidateResult(c, step_offset=c.ordinal * int(self.spec["steps"]))
+        out = CandidateResult(c, step_offset=c.ordinal * int(self.spec["step_stride"]))
         out.elapsed_s = time.perf_counter() - t0
         why = (state.message or "").splitlines()[0][:200] if state.message else ""
         return out.failed(f"candidate flow run {state.name.lower()}{': ' + why if why else ''}")
