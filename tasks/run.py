@@ -137,16 +137,23 @@ def execute(
         from model.rundir import lock_run_dir
         from tasks.search_runner import run_search
 
-        with lock_run_dir(Path(resolved.run_dir), fresh=resolved.resumed_step is None):
-            if on_ready is not None:
-                on_ready()
-            return run_search(
-                resolved,
-                lake_url=lake.url,
-                progress=progress,
-                extra_hooks=extra_hooks,
-                max_search_minutes=max_search_minutes,
-            )
+        run_dir = Path(resolved.run_dir)
+        existed = run_dir.exists()
+        try:
+            with lock_run_dir(run_dir, fresh=resolved.resumed_step is None):
+                if on_ready is not None:
+                    on_ready()
+                return run_search(
+                    resolved,
+                    lake_url=lake.url,
+                    progress=progress,
+                    extra_hooks=extra_hooks,
+                    max_search_minutes=max_search_minutes,
+                )
+        except ConfigError:
+            if not existed:
+                _remove_if_only_lock(run_dir)  # refused before anything was written
+            raise
         # ---- end of the search branch ----------------------------------------------
 
     from model.trainer import Trainer
@@ -279,3 +286,15 @@ def _close_sink(sink) -> Any:
     except Exception as exc:  # noqa: BLE001 - the run itself is done; report, don't crash
         print(f"warning: the metric sink did not close cleanly: {exc}", file=sys.stderr)
         return None
+
+
+def _remove_if_only_lock(run_dir: Path) -> None:
+    """Remove a run dir this call created when it holds nothing but the lock file."""
+    from model.rundir import LOCK_NAME, is_empty_run_dir
+
+    try:
+        if run_dir.is_dir() and is_empty_run_dir(run_dir):
+            (run_dir / LOCK_NAME).unlink(missing_ok=True)
+            run_dir.rmdir()
+    except OSError:
+        pass

@@ -50,12 +50,14 @@ def _train_candidate(
     info: loop.PopulationInfo,
 ) -> CandidateResult | State:
     """Train one candidate: its result, as a Failed state (data: the result) if it failed."""
+    from symbio.search.health import assess
     from tasks.search_runner import SearchInterrupted
 
     try:
         result = train_one(candidate, info)
     except SearchInterrupted:
         return Cancelled(message=f"candidate {candidate.candidate_id} stopped: search stopping")
+    result = assess(result)  # the health gates, as the loop applies them when ranking
     if not result.ok:
         return Failed(
             message=f"candidate {candidate.candidate_id}: {result.failure_reason}", data=result

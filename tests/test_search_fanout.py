@@ -250,7 +250,7 @@ def test_search_fans_out_to_two_workers_and_matches_the_local_search(cluster: Cl
     two candidate workers (overlapping, in two processes), then as local threads."""
     c = cluster
     symbio = {"activationPool": ["gelu", "relu"], "populationSize": 2, "generations": 1,
-              "stepsPerCandidate": 300}  # fmt: skip
+              "stepsPerCandidate": 300, "confirmSeeds": 0}  # fmt: skip
     remote = c.params("fanout-remote", symbio, eval_interval=300, search_dispatch="deployment",
                       search_parallel=2)  # fmt: skip
     local = c.params("fanout-local", symbio, eval_interval=300)

@@ -132,14 +132,15 @@ def test_a_failed_candidate_is_a_failed_task_run_and_the_search_goes_on(
 
     assert outcome.status == "completed" and outcome.winner["activation"] == "gelu"
     relu = next(r for r in outcome.generations[0].ranked if r.activation == "relu")
-    assert relu.status == "failed" and relu.failure_reason and relu.rank == 2
+    # every step NaN: the health gate calls it stalled (skipped by the NaN guard), never ok
+    assert relu.status == "stalled" and "skipped" in relu.failure_reason and relu.rank == 2
     search = _flow_run_by_name(f"search-{resolved.run_id}")
     assert search.state.type.value == "COMPLETED"
     task_runs, _ = asyncio.run(_task_runs(str(search.id)))
     states = {t.name: t.state for t in task_runs if t.name.startswith("train-")}
     assert states["train-g0-c00-gelu"].type.value == "COMPLETED"
     failed = states["train-g0-c01-relu"]
-    assert failed.type.value == "FAILED" and "no finite validation loss" in failed.message
+    assert failed.type.value == "FAILED" and "skipped by the NaN/spike guard" in failed.message
 
 
 def test_a_failed_search_is_a_failed_subflow(prefect_harness, tmp_path, monkeypatch):
@@ -156,14 +157,17 @@ def test_a_failed_search_is_a_failed_subflow(prefect_harness, tmp_path, monkeypa
     )  # fmt: skip
     outcome = run_search_flow(resolved, use_lake=False, slots=1)
 
-    assert outcome.status == "failed" and outcome.error == "no candidate finished training"
-    assert [r.status for r in outcome.generations[0].ranked] == ["failed", "failed"]
+    assert outcome.status == "failed" and outcome.error == "no candidate finished training healthy"
+    # NaN from step 1: every step skipped by the NaN guard, so the health gate says stalled
+    assert [r.status for r in outcome.generations[0].ranked] == ["stalled", "stalled"]
     search = _flow_run_by_name(f"search-{resolved.run_id}")
     assert search.state.type.value == "FAILED"
     assert "no candidate finished training" in search.state.message
     task_runs, _ = asyncio.run(_task_runs(str(search.id)))
-    train = [t.state.type.value for t in task_runs if t.name.startswith("train-")]
-    assert train == ["FAILED", "FAILED"]
+    train = {t.name: t.state.type.value for t in task_runs if t.name.startswith("train-")}
+    # both search candidates and every confirmation run (baseline and gelu) failed
+    assert {"train-g0-c00-gelu", "train-g0-c01-relu"} <= set(train)
+    assert set(train.values()) == {"FAILED"}
 
 
 def test_fan_out_without_the_candidate_deployment_fails_in_one_line(prefect_harness, tmp_path):
