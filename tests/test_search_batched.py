@@ -7,6 +7,7 @@ the candidates were trained differs (one ``train_population`` call per generatio
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -158,3 +159,64 @@ def test_batched_executor_hands_the_list_to_train_many():
 
     with pytest.raises(RuntimeError, match="1 results for 2 items"):
         ex.map("train_candidate", Short(), [(1,), (2,)], ["a", "b"])
+
+
+class _Faults:
+    """An extra hook (shared by every candidate): NaN weights for relu, a crash for swiglu,
+    optionally Ctrl-C; all through the candidate's own ``trainer.model`` and hook calls,
+    so both paths see the very same faults."""
+
+    def __init__(self, interrupt_at: int | None = None) -> None:
+        self.interrupt_at = interrupt_at
+
+    def on_train_start(self, trainer) -> None:
+        pass
+
+    def on_step_end(self, trainer, row) -> None:
+        import torch
+
+        act, local = trainer.model_config.ffn_activation, row["step"] - trainer.step_offset
+        if self.interrupt_at is not None and local == self.interrupt_at and act == "relu":
+            raise KeyboardInterrupt
+        if act == "relu" and local == 3:
+            with torch.no_grad():
+                trainer.model.wte.weight[0, 0] = float("nan")
+        if act == "swiglu" and local == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+    def on_train_end(self, trainer, result) -> None:
+        pass
+
+
+def _small(root: Path, corpus: Path):
+    resolved = _resolved(root, corpus)
+    symbio = resolved.symbio_config.model_copy(
+        update={"generations": 1, "steps_per_candidate": 6, "confirm_seeds": 1}
+    )
+    return dataclasses.replace(resolved, symbio_config=symbio)
+
+
+def test_failures_and_interrupts_are_the_same_in_both_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALPHA_SEARCH_PROBE_STEPS", "0")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(SHIPPED_CORPUS.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
+    seen = {}
+    for mode in ("off", "on"):
+        resolved = _small(tmp_path / mode, corpus)
+        out = run_search(resolved, use_lake=False, progress=False, batched=mode,
+                         extra_hooks=(_Faults(),))  # fmt: skip
+        seen[mode] = [(cid, r.status, r.failure_reason, r.rank) for cid, r in _results(out).items()]
+        assert out.winner is not None and out.winner["activation"] == "gelu"
+    assert seen["on"] == seen["off"]
+    by_id = {cid: (status, reason) for cid, status, reason, _ in seen["on"]}
+    assert by_id["g0-c02"] == ("failed", "RuntimeError: CUDA out of memory (simulated)")
+    assert by_id["g0-c01"][0] in ("failed", "stalled") and by_id["g0-c01"][1]  # NaN-skipped
+    assert by_id["g0-c00"] == ("ok", None)
+
+    for mode in ("off", "on"):
+        resolved = _small(tmp_path / f"stop-{mode}", corpus)
+        with pytest.raises(KeyboardInterrupt):
+            run_search(resolved, use_lake=False, progress=False, batched=mode,
+                       extra_hooks=(_Faults(interrupt_at=2),))  # fmt: skip
+        summary = json.loads((Path(resolved.run_dir) / "symbio-summary.json").read_text())
+        assert summary["status"] == "cancelled" and summary["generations"] == []
