@@ -42,6 +42,7 @@ from tasks.prefect_tasks import (
     train_run,
     write_artifacts,
 )
+from tasks.search_remote import check_dispatch
 
 log = logging.getLogger("alpha.flow")
 
@@ -49,8 +50,8 @@ log = logging.getLogger("alpha.flow")
 #: state hooks use it, and fall back to a lake lookup by ``flow_run_id``.
 ACTIVE_RUNS: dict[str, tuple[str, str]] = {}
 
-#: Flow parameters that are not ``alpha train`` flags.
-NON_TRAIN_PARAMS = ("lake",)
+#: Flow parameters that are not ``TrainConfig`` settings (the search's options, the lake).
+NON_TRAIN_PARAMS = ("lake", "max_search_minutes", "search_dispatch", "search_parallel")
 
 
 def _flow_run_name() -> str:
@@ -136,14 +137,31 @@ def alpha(
     symbio: bool | None = None,
     symbio_config: str | dict[str, Any] | None = None,
     lake: str | None = None,
+    max_search_minutes: float | None = None,
+    search_dispatch: str | None = None,
+    search_parallel: int | None = None,
 ) -> dict[str, Any]:
-    """Train one Alpha run; parameters are ``alpha train``'s flags (None: not given)."""
+    """Train one Alpha run; parameters are ``alpha train``'s flags (None: not given).
+
+    A search's own options: ``max_search_minutes`` (budget, default 60, 0 = no
+    limit: the search is scaled down to fit), ``search_dispatch`` (``local``
+    threads, the default, or ``deployment``: one flow run of
+    ``alpha-candidate/candidate`` per candidate) and ``search_parallel``
+    (candidates in flight with ``deployment``).
+    """
     given = {k: v for k, v in locals().items() if v is not None}
     explicit = {k: v for k, v in given.items() if k not in NON_TRAIN_PARAMS}
-    return run_pipeline(explicit, lake_url=given.get("lake"))
+    search = {
+        "max_search_minutes": max_search_minutes,
+        "dispatch": check_dispatch(search_dispatch),
+        "parallel": search_parallel,
+    }
+    return run_pipeline(explicit, lake_url=given.get("lake"), search=search)
 
 
-def run_pipeline(explicit: dict[str, Any], *, lake_url: str | None = None) -> Any:
+def run_pipeline(
+    explicit: dict[str, Any], *, lake_url: str | None = None, search: dict[str, Any] | None = None
+) -> Any:
     """The flow body: prepare, train, land, artifacts, notify."""
     logger = get_run_logger()
     flow_run_id = current_flow_run.id
@@ -156,9 +174,16 @@ def run_pipeline(explicit: dict[str, Any], *, lake_url: str | None = None) -> An
     try:
         if is_search(resolved):
             # the FFN activation search: the `symbio-search` subflow (flows/search_flow.py)
-            outcome = run_search_flow(resolved, lake_url=lake_url, flow_run_id=flow_run_id)
+            outcome = run_search_flow(
+                resolved, lake_url=lake_url, flow_run_id=flow_run_id, **(search or {})
+            )
         else:
-            outcome = train_run(resolved, lake_url, flow_run_id=flow_run_id, extra_hooks=hooks)
+            trained = train_run(
+                resolved, lake_url, flow_run_id=flow_run_id, extra_hooks=hooks, return_state=True
+            )
+            outcome = trained.result(raise_on_failure=False)  # a failed run's outcome too
+            if isinstance(outcome, BaseException):
+                raise outcome
         landed = land_metrics(outcome, return_state=True)
         landed_report = landed.result() if landed.is_completed() else None
         summary = write_artifacts(resolved, outcome, landed_report)

@@ -14,6 +14,7 @@ recorded, the sink flushed, the lake's run row says ``cancelled``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -85,6 +86,14 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="metric lake: a folder or s3://bucket/prefix (default $ALPHA_LAKE, else ./lake)",
     )
+    parser.add_argument(
+        "--max-search-minutes",
+        type=float,
+        default=S,
+        metavar="X",
+        help="budget of an activation search: scaled down to fit the timing probe's "
+        "estimate, or refused (default 60; 0: no limit)",
+    )
 
 
 def _metavar(flag: str, type_: type) -> str:
@@ -131,6 +140,9 @@ def _train(args: argparse.Namespace) -> int:
 
     explicit = dict(vars(args))
     lake_url = explicit.pop("lake", None) or os.environ.get("ALPHA_LAKE") or "./lake"
+    budget = explicit.pop("max_search_minutes", None)
+    if budget is not None and not (math.isfinite(budget) and budget >= 0):
+        raise ConfigError(f"--max-search-minutes: must be a number >= 0 (got {budget})")
     resolved = resolve_run_config(explicit)
 
     from tasks.run import execute, lake_verdict, open_lake_or_fail
@@ -142,6 +154,7 @@ def _train(args: argparse.Namespace) -> int:
         resolved,
         lake_url=lake_url,
         progress=True,
+        max_search_minutes=budget,
         on_ready=lambda: _print_header(resolved, lake_url),  # every check has passed
     )
     verdict = lake_verdict(outcome.sink_stats, getattr(outcome, "rows_produced", None))

@@ -7,6 +7,12 @@ One task per pipeline step, so each shows up in the Prefect UI: ``prepare``
 Retries are for transient failures only: a ``ConfigError`` (bad input) is
 never retried, a lake that does not answer is. A retried ``train`` resumes
 from the checkpoint the failed attempt left in the run directory.
+
+States match outcomes: a run whose training ended ``failed`` is a Failed
+``train`` task run (its data the ``RunOutcome``). Training runs in a worker
+thread (``run_in_thread``) while the flow's main thread waits, so Prefect's
+cancel (``TerminationSignal``, raised in the main thread) stops the run at its
+next step: its rows land and the lake says ``cancelled`` before the flow ends.
 """
 
 from __future__ import annotations
@@ -15,22 +21,23 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
 from prefect.tasks import exponential_backoff
 
 from model.errors import ConfigError
+from model.hooks import TrainerHook
 from tasks.notify import DiscordNotifier, run_end_message, winner_message
 from tasks.resolve import ResolvedRun, resolve_run_config
-
-if TYPE_CHECKING:  # pragma: no cover
-    from model.hooks import TrainerHook
 
 log = logging.getLogger("alpha.flow")
 
@@ -40,12 +47,19 @@ DEFAULT_DASHBOARD = "http://127.0.0.1:8050"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
 
+#: How long a stopping run waits for its training thread(s): Prefect's process worker
+#: kills a cancelled flow run's process 30 s after its SIGTERM.
+STOP_WAIT_S = 25.0
+
+
 class LandingIncomplete(RuntimeError):
     """The run's rows are not (all) in the lake yet; retried with backoff."""
 
 
 def _not_bad_input(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry condition: retry anything but bad user input."""
+    """Retry condition: retry anything but bad user input (and a run that ended failed)."""
+    if getattr(state.result(raise_on_failure=False), "status", None) is not None:
+        return False  # the training ran and recorded its failure: not transient
     try:
         state.result()
     except ConfigError:
@@ -56,6 +70,47 @@ def _not_bad_input(task: Any, task_run: Any, state: Any) -> bool:
 
 
 # -- helpers ---------------------------------------------------------------------
+
+
+class StopHook(TrainerHook):
+    """Raises ``KeyboardInterrupt`` in the training thread once ``event`` is set: the
+    trainer ends the run ``interrupted`` at that step, hooks and sink intact."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def on_step_end(self, trainer: Any, row: dict[str, Any]) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+
+
+def run_in_thread(
+    fn: Callable[[], Any], stop: Callable[[], None], *, wait_s: float = STOP_WAIT_S
+) -> Any:
+    """``fn()`` in a worker thread; if this (main) thread is interrupted, ``stop()`` it.
+
+    Prefect delivers a cancel as ``TerminationSignal`` in the main thread, anywhere
+    in its code; training there would be torn down mid-step. Here the main
+    thread only waits: on any interrupt it calls ``stop()``, waits up to
+    ``wait_s`` for ``fn`` to return, then re-raises the interrupt.
+    """
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alpha-train")
+    future = pool.submit(fn)
+    try:
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except TimeoutError:
+                continue
+    except BaseException:
+        stop()
+        try:
+            future.exception(timeout=wait_s)
+        except BaseException:  # noqa: BLE001 - the original interrupt is what matters
+            pass
+        raise
+    finally:
+        pool.shutdown(wait=False)
 
 
 def dashboard_url(run_id: str) -> str:
@@ -132,6 +187,7 @@ def train_run(
 ) -> Any:
     """Train one run (``tasks.run.execute``); returns its ``RunOutcome``.
 
+    A Failed state (data: the outcome) when the training ended ``failed``.
     The FFN activation search is not a task: the flow runs it as the
     ``symbio-search`` subflow (``flows.search_flow``), one task per candidate.
     """
@@ -139,13 +195,20 @@ def train_run(
     from tasks.run import execute
 
     extra = {"flow_run_id": flow_run_id} if flow_run_id else None
-    return execute(
-        resolved,
-        lake_url=lake_url,
-        progress=False,
-        extra_hooks=tuple(extra_hooks),
-        run_row_extra=extra,
+    stop = threading.Event()
+    outcome = run_in_thread(
+        lambda: execute(
+            resolved,
+            lake_url=lake_url,
+            progress=False,
+            extra_hooks=(StopHook(stop), *extra_hooks),
+            run_row_extra=extra,
+        ),
+        stop.set,
     )
+    if outcome.status == "failed":
+        return Failed(message=f"run {outcome.run_id} failed: {outcome.error}", data=outcome)
+    return outcome
 
 
 def _resume_if_retried(resolved: ResolvedRun) -> ResolvedRun:

@@ -121,11 +121,13 @@ def execute(
     extra_hooks: Sequence[TrainerHook] = (),
     run_row_extra: dict[str, Any] | None = None,
     on_ready: Callable[[], None] | None = None,
+    max_search_minutes: float | None = None,
 ) -> RunOutcome:
     """Train ``resolved`` (a single run or an FFN-activation search) into the lake.
 
     ``run_row_extra`` adds ``runs`` columns (e.g. ``flow_run_id`` from the flow).
     ``on_ready`` is called once every input check has passed, before training.
+    ``max_search_minutes`` is a search's budget (``tasks.search_runner.run_search``).
     Raises ``ConfigError`` for bad input found before training starts.
     """
     lake = open_lake_or_fail(lake_url)
@@ -139,7 +141,11 @@ def execute(
             if on_ready is not None:
                 on_ready()
             return run_search(
-                resolved, lake_url=lake.url, progress=progress, extra_hooks=extra_hooks
+                resolved,
+                lake_url=lake.url,
+                progress=progress,
+                extra_hooks=extra_hooks,
+                max_search_minutes=max_search_minutes,
             )
         # ---- end of the search branch ----------------------------------------------
 

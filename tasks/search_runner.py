@@ -26,6 +26,7 @@ storage package.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -44,8 +45,11 @@ from model.hooks import TrainerHook
 from symbio.search.candidate import CONFIRM, Candidate, CandidateResult
 from symbio.search.confirm import Confirmation, arms_for
 from symbio.search.estimate import (
+    BUDGET_MARGIN,
+    DEFAULT_MAX_SEARCH_MINUTES,
     Estimate,
     estimate_runs,
+    fit_budget,
     format_duration,
     learning_warning,
     probe_activation,
@@ -352,6 +356,8 @@ class CandidateTrainer:
         from model import checkpoint as ckpt_io
         from symbio.hook import SymbioHook
 
+        if self._stop.is_set():  # the search is stopping: do not start another candidate
+            raise SearchInterrupted(c.candidate_id)
         folder = self.folder(c.candidate_id)
         offset = c.ordinal * self.step_stride
         resume = self.folder(c.resume_from) / ckpt_io.FILENAME if c.resume_from else None
@@ -500,6 +506,7 @@ def run_search(
     on_generation: Callable[[GenerationResult], None] | None = None,
     slots: int | None = None,
     extra_hooks: Sequence[TrainerHook] = (),
+    max_search_minutes: float | None = None,
     batched: str | bool | None = None,
 ) -> SearchOutcome:
     """Run the FFN activation search of ``resolved`` and write its artifacts.
@@ -510,6 +517,9 @@ def run_search(
     on, off) picks ``BatchedExecutor`` (each generation and the confirmation as
     one population; ``slots`` do not apply) or ``ThreadExecutor`` with ``slots``
     (``resolve_slots``). A given executor batches if its ``batched`` attribute says so.
+    ``max_search_minutes`` (default ``DEFAULT_MAX_SEARCH_MINUTES``, 0 = no limit)
+    scales the search down to what the timing probe says fits, or refuses it
+    (``ConfigError``).
     """
     if resolved.symbio_config is None:
         raise ConfigError("--symbio: the activation search needs symbio mode")
@@ -530,6 +540,7 @@ def run_search(
         flow_run_id=flow_run_id,
         on_generation=on_generation,
         extra_hooks=extra_hooks,
+        max_minutes=check_budget_minutes(max_search_minutes),
     )
     return search.run()
 
@@ -538,6 +549,16 @@ def _default_executor(device: str, slots: int | None, batched: str | bool | None
     if resolve_batched(device, batched):
         return BatchedExecutor()
     return ThreadExecutor(resolve_slots(device, slots))
+
+
+def check_budget_minutes(minutes: float | None) -> float:
+    """``--max-search-minutes``: None -> the default; must be a finite number >= 0."""
+    if minutes is None:
+        return DEFAULT_MAX_SEARCH_MINUTES
+    value = float(minutes)
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"--max-search-minutes: must be a number >= 0 (got {minutes})")
+    return value
 
 
 class _Search:
@@ -557,8 +578,10 @@ class _Search:
         flow_run_id: str | None,
         on_generation: Callable[[GenerationResult], None] | None,
         extra_hooks: Sequence[TrainerHook] = (),
+        max_minutes: float = DEFAULT_MAX_SEARCH_MINUTES,
     ) -> None:
         self.resolved = resolved
+        self.max_minutes = max_minutes
         self.extra_hooks = tuple(extra_hooks)
         self.cfg: TrainConfig = search_base_config(resolved.train)
         self.symbio: SymbioConfig = resolved.symbio_config
@@ -592,10 +615,12 @@ class _Search:
     # -- phases --
 
     def run(self) -> SearchOutcome:
+        self._made_run_dir = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / CANDIDATES_FILE).unlink(missing_ok=True)
         self._announce()
         self.estimate = self._estimate()
+        self._apply_budget()
         self._open_sink()
         self._write_run("running")
         status, error = "completed", None
@@ -605,11 +630,11 @@ class _Search:
                 self.plan, self.trainer, self.executor, on_generation=self._generation_done
             )
             self._confirm()
-        except KeyboardInterrupt:
-            status, error = "cancelled", "interrupted"
-            raise
         except Exception as exc:
             status, error = "failed", _one_line(exc)
+            raise
+        except BaseException as exc:  # Ctrl-C, Prefect's cancel (TerminationSignal), SystemExit
+            status, error = "cancelled", f"interrupted ({type(exc).__name__})"
             raise
         finally:
             if status == "completed" and winner_record(self.search_run) is None:
@@ -651,6 +676,10 @@ class _Search:
         if n == 0:
             print("search estimate: timing probe off (ALPHA_SEARCH_PROBE_STEPS=0)", flush=True)
             return None
+        if where := getattr(self.executor, "trains_elsewhere", None):
+            # this process may not even have the workers' device: no probe, no budget
+            print(f"search estimate: none, candidates train on {where}", flush=True)
+            return None
         from model.trainer import lr_at, train
 
         act = probe_activation(self.plan.pool)
@@ -662,9 +691,7 @@ class _Search:
             print(f"search estimate unavailable: {_one_line(exc)}", flush=True)
             return None
         p = self.plan
-        runs = [(size, p.steps) for size in p.rung_sizes]
-        runs.append((p.max_confirm_arms * p.confirm_seeds, p.confirm_length))
-        est = estimate_runs(probe, runs, eval_interval=min(self.cfg.eval_interval, p.steps))
+        est = self._estimate_plan(probe, p)
         note = "; serial: batching can only shorten it" if self.batched else ""
         print(est.describe(self.slots) + note, flush=True)
         warning = learning_warning(probe, self._rung0_lr_area(lr_at), p.steps)
@@ -683,6 +710,54 @@ class _Search:
     def _warn(self, text: str) -> None:
         self.warnings.append(text.removeprefix("warning: "))
         print(text if text.startswith("warning: ") else f"warning: {text}", flush=True)
+
+    def _planned_runs(self, plan: SearchPlan) -> list[tuple[int, int]]:
+        """``(count, steps)`` of every run the plan trains: its generations, then confirmation."""
+        runs = [(size, plan.steps) for size in plan.rung_sizes]
+        runs.append((plan.max_confirm_arms * plan.confirm_seeds, plan.confirm_length))
+        return runs
+
+    def _estimate_plan(self, probe: Any, plan: SearchPlan) -> Estimate:
+        every = min(self.cfg.eval_interval, plan.steps)
+        return estimate_runs(probe, self._planned_runs(plan), eval_interval=every)
+
+    def _apply_budget(self) -> None:
+        """Scale the plan to ``max_minutes`` (or refuse it); docs/search.md, Duration."""
+        if self.estimate is None or not self.max_minutes:
+            return
+        p, before = self.estimate.probe, self.plan
+
+        def cost(population: int, generations: int, steps: int) -> float:
+            plan = dataclasses.replace(
+                before, population_size=population, generations=generations, steps=steps
+            )
+            return self._estimate_plan(p, plan).total_s
+
+        left = self.max_minutes * 60 - (time.perf_counter() - self.t0)
+        fit = fit_budget(
+            cost, population_size=before.population_size, generations=before.generations,
+            steps=before.steps, min_population=len(before.pool),
+            budget_s=max(0.0, left) * BUDGET_MARGIN,
+        )  # fmt: skip
+        was = (before.population_size, before.generations, before.steps)
+        line = fit.describe(was, self.max_minutes)
+        if not fit.fits:
+            if self._made_run_dir and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()  # refused before anything was written
+            raise ConfigError(line)
+        if not fit.changed:
+            return
+        print(line, flush=True)
+        self.steps = fit.steps
+        self.plan = dataclasses.replace(
+            before, population_size=fit.population_size, generations=fit.generations,
+            steps=fit.steps,
+        )  # fmt: skip
+        self.symbio = self.symbio.model_copy(
+            update={"population_size": fit.population_size, "generations": fit.generations,
+                    "steps_per_candidate": fit.steps}
+        )  # fmt: skip
+        self.estimate = self._estimate_plan(p, self.plan)
 
     def _trainer(self) -> CandidateTrainer:
         return CandidateTrainer(

@@ -25,19 +25,32 @@ def test_local_deployments() -> None:
 
     spec = _yaml("prefect.yaml")
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"train", "symbio", "symbio-nightly"}
+    assert set(deployments) == {"train", "symbio", "symbio-nightly", "symbio-fanout", "candidate"}
+    candidate = deployments.pop("candidate")
     for d in deployments.values():
         assert d["work_pool"]["name"] == "alpha-local"
+        assert d["work_pool"]["work_queue_name"] == "default"
         assert d["entrypoint"] == "flows/alpha_flow.py:alpha"
     flow = load_flow_from_entrypoint(str(ROOT / "flows/alpha_flow.py") + ":alpha")
     assert flow.name == "alpha"
     assert deployments["symbio"]["parameters"] == {"symbio": True}
     assert deployments["train"]["parameters"] == {}
+    assert deployments["symbio-fanout"]["parameters"]["search_dispatch"] == "deployment"
     (schedule,) = deployments["symbio-nightly"]["schedules"]
     assert schedule["cron"] == "0 2 * * *" and schedule["active"] is False
     # every default parameter is a parameter of the flow
     for d in deployments.values():
         assert set(d["parameters"]) <= set(flow.parameters.properties)
+    # the candidates of a fanned-out search: their own flow, on the pool's candidates queue
+    from tasks.search_remote import DEPLOYMENT
+
+    entry, name = candidate["entrypoint"].split(":")
+    cflow = load_flow_from_entrypoint(f"{ROOT / entry}:{name}")
+    assert f"{cflow.name}/{candidate['name']}" == DEPLOYMENT
+    assert candidate["work_pool"] == {
+        "name": "alpha-local", "work_queue_name": "candidates", "job_variables": {}
+    }  # fmt: skip
+    assert set(cflow.parameters.required) == {"search", "candidates"}
     # the pull step runs the flow in the checkout recorded at deploy time
     step = spec["pull"][0]["prefect.deployments.steps.set_working_directory"]
     assert step["directory"] == "{{ project-root.stdout }}"

@@ -281,3 +281,60 @@ def test_a_retried_train_resumes_from_the_failed_attempts_checkpoint(tmp_path: P
     assert outcome.status == "completed" and outcome.run_id == first.run_id
     assert outcome.result.steps == 6
     assert run_metrics(lake, first.run_id)["step"].to_list() == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_failed_training_is_a_failed_train_task_run(
+    prefect_harness: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that crashes in its first forward pass (a simulated OOM): the train task
+    run is Failed, not a green Completed; the flow run fails; the lake says failed."""
+    from flows.alpha_flow import alpha
+    from storage.reader import list_runs
+
+    def crash(self, x):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+    monkeypatch.setattr("model.gpt.SwiGLU.forward", crash)
+    lake = tmp_path / "lake"
+    state = alpha(
+        **TINY, activation="swiglu", run_dir=str(tmp_path / "run"), lake=str(lake),
+        return_state=True,
+    )  # fmt: skip
+    assert state.is_failed() and "out of memory" in state.message
+    _, tasks, _ = _read(state.state_details.flow_run_id)
+    train = [t for t in tasks if t.name.startswith("train-")]
+    assert [t.state.type.value for t in train] == ["FAILED"]
+    assert "out of memory" in train[0].state.message
+    assert list_runs(str(lake))["status"].to_list() == ["failed"]
+
+
+def test_an_interrupt_of_the_flow_thread_stops_training_at_its_next_step(tmp_path: Path) -> None:
+    """Prefect delivers a cancel as TerminationSignal in the main thread; here a real
+    SIGALRM raises it while `train` runs: training stops at a step boundary, every row
+    it produced is in the lake, the run is `cancelled`, and the signal goes on."""
+    from prefect.exceptions import TerminationSignal
+
+    from storage.reader import get_run, run_metrics
+    from tasks.prefect_tasks import train_run
+    from tasks.resolve import resolve_run_config
+
+    def raise_termination(signum, frame):
+        raise TerminationSignal(signal.SIGTERM)
+
+    lake = str(tmp_path / "lake")
+    resolved = resolve_run_config({**TINY, "iters": 100_000, "run_dir": str(tmp_path / "run")})
+    previous = signal.signal(signal.SIGALRM, raise_termination)
+    signal.setitimer(signal.ITIMER_REAL, 6.0)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(TerminationSignal):
+            train_run.fn(resolved, lake)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - t0 < 30  # stopped, not run to 100k steps
+    run = get_run(lake, resolved.run_id)
+    assert run["status"] == "cancelled"
+    steps = run_metrics(lake, resolved.run_id)["step"].to_list()
+    assert steps and steps == list(range(1, len(steps) + 1))  # no gap, nothing lost
+    assert len(steps) < 100_000

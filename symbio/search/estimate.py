@@ -12,8 +12,8 @@ settings, in a scratch folder that is deleted afterwards. It measures:
 - ``eval_s``: one evaluation plus the checkpoint written with it (the probe
   ends with both).
 
-A run then costs ``setup_s + steps * ms_per_iter + n_evals * eval_s``
-with ``n_evals = ceil(steps / eval_interval)``, and the search costs the sum
+A run then costs ``setup_s + CANDIDATE_OVERHEAD_S + steps * ms_per_iter + n_evals *
+eval_s`` with ``n_evals = ceil(steps / eval_interval)``, and the search costs the sum
 over its planned runs (each generation's candidates, then the confirmation's
 at most three activations x ``confirmSeeds``): the estimate assumes runs go
 one after another (concurrent slots can only shorten it). After each
@@ -26,6 +26,14 @@ steps and extrapolates it, *linearly in the area under the lr schedule*
 (loss curves flatten), so when even the extrapolated drop is under
 ``WARN_DROP`` of the initial loss, generation 0 would rank candidates near
 their initial loss and the search prints a warning before it starts.
+
+**Budget.** ``fit_budget`` checks the estimate against ``max_search_minutes``
+(default ``DEFAULT_MAX_SEARCH_MINUTES``; 0 = no limit) and, when the search
+does not fit, scales it down rather than refusing it (a deployment run with no
+parameters should finish, not fail): first fewer generations (every candidate
+keeps its full training length), then fewer candidates (down to one per
+activation of the pool), then fewer steps (down to ``MIN_STEPS``). Only a
+search that does not fit even then is refused.
 """
 
 from __future__ import annotations
@@ -41,6 +49,18 @@ from typing import Any
 
 PROBE_STEPS = 8
 WARN_DROP = 0.05
+#: The budget of a search when none is given: ``alpha train --symbio`` and a
+#: no-parameter ``alpha/symbio`` deployment run both finish within an hour.
+DEFAULT_MAX_SEARCH_MINUTES = 60.0
+#: The plan is fitted to this share of the budget left: the estimate is a
+#: measurement of a few steps, not a promise (and symbio hooks, off in the probe,
+#: add to every step).
+BUDGET_MARGIN = 0.8
+#: Per-candidate cost the probe does not see: its hooks and lake sink, the task
+#: run around it (measured ~2 s on a 2-core CPU box with the default model).
+CANDIDATE_OVERHEAD_S = 2.0
+#: Fewest steps per candidate a scaled-down search keeps (fewer rank noise).
+MIN_STEPS = 20
 
 
 @dataclass(frozen=True)
@@ -139,8 +159,7 @@ def estimate_runs(
     """The serial time of ``runs``: ``(count, steps)`` pairs."""
     total, count = 0.0, 0
     for n, steps in runs:
-        n_evals = math.ceil(steps / max(1, eval_interval))
-        total += n * (probe.setup_s + steps * probe.ms_per_iter / 1000.0 + n_evals * probe.eval_s)
+        total += n * candidate_seconds(probe, steps, eval_interval)
         count += n
     return Estimate(total / max(1, count), total, count, probe)
 
@@ -180,3 +199,90 @@ def format_duration(seconds: float | None) -> str:
     if h:
         return f"{h}h{m:02d}m{s:02d}s"
     return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+@dataclass(frozen=True)
+class BudgetFit:
+    """A search plan checked against a budget.
+
+    ``population_size``/``generations``/``steps`` is the plan that fits (equal
+    to the input when it already fitted); ``fits`` is False when nothing down
+    to one generation of one candidate per activation at ``MIN_STEPS`` does.
+    """
+
+    population_size: int
+    generations: int
+    steps: int
+    estimate_s: float
+    budget_s: float
+    changed: bool
+    fits: bool
+
+    def describe(self, before: tuple[int, int, int], minutes: float) -> str:
+        """One line: the new plan (or the refusal), with the numbers behind it."""
+        pop, gens, steps = before
+        flag = f"--max-search-minutes {minutes:g}"
+        if not self.fits:
+            return (
+                f"search refused: even {self.generations} generation x {self.population_size} "
+                f"candidates x {self.steps} steps needs about "
+                f"{format_duration(math.ceil(self.estimate_s))} and {flag} leaves "
+                f"{format_duration(math.floor(self.budget_s))} for it (after the timing "
+                "probe, with a safety margin); raise it (0 = no limit) or use a faster device"
+            )
+        return (
+            f"search scaled down to fit {flag} (0 = no limit): {gens} generation(s) x {pop} "
+            f"candidates x {steps} steps -> {self.generations} x {self.population_size} x "
+            f"{self.steps}, estimated {format_duration(self.estimate_s)} "
+            f"(planned to {format_duration(self.budget_s)})"
+        )
+
+
+def candidate_seconds(probe: Probe, steps: int, eval_interval: int) -> float:
+    """Estimated wall time of one candidate of ``steps`` steps (evals as the runner sets them)."""
+    every = max(1, min(eval_interval, steps))
+    fixed = probe.setup_s + CANDIDATE_OVERHEAD_S
+    return fixed + steps * probe.ms_per_iter / 1000.0 + math.ceil(steps / every) * probe.eval_s
+
+
+def fit_budget(
+    cost: Callable[[int, int, int], float],
+    *,
+    population_size: int,
+    generations: int,
+    steps: int,
+    min_population: int,
+    budget_s: float,
+    min_steps: int = MIN_STEPS,
+) -> BudgetFit:
+    """The largest plan whose serial estimate ``cost(population, generations, steps)``
+    (seconds: the search's runs, confirmation included) fits ``budget_s``.
+
+    Shrinks generations first, then candidates (to ``min_population``, one per
+    activation), then steps (to ``min_steps``); never grows anything.
+    """
+    min_population = max(1, min(min_population, population_size))
+    min_steps = max(1, min(min_steps, steps))
+
+    def total(p: int, g: int, s: int) -> float:
+        return cost(p, g, s)
+
+    def fit(p: int, g: int, s: int, ok: bool = True) -> BudgetFit:
+        changed = (p, g, s) != (population_size, generations, steps)
+        return BudgetFit(p, g, s, total(p, g, s), budget_s, changed, ok)
+
+    if total(population_size, generations, steps) <= budget_s:
+        return fit(population_size, generations, steps)
+    for g in range(generations - 1, 0, -1):
+        if total(population_size, g, steps) <= budget_s:
+            return fit(population_size, g, steps)
+    for p in range(population_size - 1, min_population - 1, -1):
+        if total(p, 1, steps) <= budget_s:
+            return fit(p, 1, steps)
+    if total(min_population, 1, min_steps) > budget_s:
+        return fit(min_population, 1, min_steps, ok=False)
+    lo, hi = min_steps, steps  # total(lo) fits, total(hi) does not: bisect the longest that fits
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if total(min_population, 1, mid) <= budget_s else (lo, mid)
+    return fit(min_population, 1, lo)
