@@ -18,6 +18,14 @@ decisions follow the measured tokens/s, which differ between the modes by design
 ``--keep-dropout`` / ``--adaptive-batch`` turn them back on (speed only).
 A short warm-up of both modes runs first (CUDA context, cuBLAS, kernel caches).
 
+``--compare search`` times the whole search as ``alpha train --symbio`` runs it
+(``run_search``: ``--search-generations`` generations of successive halving from
+``--population`` candidates with the lr gene, then ``--confirm-seeds`` paired seeds
+of up to 3 arms), once with ``batched="off"`` (one candidate at a time) and once with
+``batched="on"`` (each generation and the confirmation as one population), and
+reports the wall times per phase, each candidate's val/test loss in both modes and
+whether the winner is the same.
+
 ``--compare slots`` is the older measurement: the whole search (``run_search``)
 with 1..N concurrent candidate threads (``--slots``) and the extrapolated default
 search from the timing probe.
@@ -32,6 +40,8 @@ characters of ``--data`` to bound the per-candidate tokenizer training), ``small
     python bench/bench_search.py --smoke
     # GPU (one H200, ~3 minutes): engine and code configs, 6 candidates x 500 steps
     python bench/bench_search.py --device cuda --configs engine,code --steps 500
+    # the whole search, batched vs one at a time (CPU smoke: --smoke)
+    python bench/bench_search.py --compare search --device cuda --configs engine --steps 300
     # the older concurrency-slots measurement (--slots implies --compare slots)
     python bench/bench_search.py --device cuda --configs engine,small --steps 1000 --slots 1,2,3
 
@@ -76,8 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     default_data = SHARED_DATA if SHARED_DATA.exists() else ROOT / "model/corpus/shakespeare.txt"
     p.add_argument(
-        "--compare", choices=("batched", "slots"), help="default: slots if --slots is given"
+        "--compare", choices=("batched", "search", "slots"),
+        help="default: slots if --slots is given",
     )
+    p.add_argument("--search-generations", type=int, default=2, help="--compare search")
+    p.add_argument("--confirm-seeds", type=int, default=2, help="--compare search")
     p.add_argument("--smoke", action="store_true", help="CPU smoke check: tiny configs, seconds")
     p.add_argument("--data", default=str(default_data))
     p.add_argument("--code-chars", type=int, default=1_000_000, help="text of the code config")
@@ -107,21 +120,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.code_chars = min(args.code_chars, 200_000)
     gpu = args.device == "cuda"
     if args.configs is None:
-        args.configs = ("engine,code" if args.compare == "batched" else "engine,small") if gpu else "tiny"
+        args.configs = ("engine,small" if args.compare == "slots" else "engine,code") if gpu else "tiny"
     if args.steps is None:
-        args.steps = (500 if args.compare == "batched" else 1000) if gpu else 20
+        args.steps = (1000 if args.compare == "slots" else 500) if gpu else 20
     return args
 
 
-def resolve(args: argparse.Namespace, name: str, run_dir: Path, *, batched: bool = False):
+def resolve(
+    args: argparse.Namespace, name: str, run_dir: Path, *, batched: bool = False,
+    generations: int = 1, confirm_seeds: int = 0,
+):  # fmt: skip
     from tasks.resolve import resolve_run_config
 
     symbio = {
         "populationSize": args.population,
-        "generations": 1,
+        "generations": generations,  # default: one generation only
         "stepsPerCandidate": args.steps,
         "lrGene": True,  # fills the population beyond the 4-activation pool
-        "confirmSeeds": 0,  # one generation only: no confirmation runs
+        "confirmSeeds": confirm_seeds,  # default: no confirmation runs
     }
     explicit = {**CONFIGS[name]}
     if batched:
@@ -311,6 +327,75 @@ def print_batched(res: dict) -> None:
         )
 
 
+# -- the whole search, batched vs one at a time --------------------------------------
+
+
+def bench_search(args, name: str, tmp: Path) -> dict:
+    from tasks.search_runner import run_search
+
+    outs, walls = {}, {}
+    with contextlib.redirect_stdout(sys.stderr):
+        if args.warmup_steps > 0:  # untimed: CUDA context, cuBLAS handles, kernel caches
+            w = args.warmup_steps
+            run_id, cfgs, hooks = generation_configs(args, name, tmp / f"{name}-warm-b", w, 2)
+            run_batched(run_id, cfgs, hooks, w)
+            run_id, cfgs, hooks = generation_configs(args, name, tmp / f"{name}-warm-s", w, 1)
+            run_sequential(run_id, cfgs, hooks, w)
+        for mode in ("off", "on"):
+            resolved = resolve(
+                args, name, tmp / f"{name}-search-{mode}", batched=True,
+                generations=args.search_generations, confirm_seeds=args.confirm_seeds,
+            )  # fmt: skip
+            t0 = time.perf_counter()
+            outs[mode] = run_search(resolved, use_lake=False, progress=False, batched=mode)
+            walls[mode] = time.perf_counter() - t0
+            _free()
+    per = {mode: _search_losses(out) for mode, out in outs.items()}
+    diffs = [
+        _abs_diff(per["off"][cid][k], per["on"].get(cid, (None, None))[k])
+        for cid in per["off"] for k in (0, 1)
+    ]  # fmt: skip
+    diffs = [d for d in diffs if d is not None]
+    compute = {m: o.summary["compute"] for m, o in outs.items()}
+    return {
+        "config": name, "device": args.device, "gpu": _gpu_name(args.device),
+        "dtype": args.dtype, "compile": args.compile,
+        "planned_generation_sizes": outs["on"].summary.get("planned_generation_sizes"),
+        "steps_per_candidate": args.steps, "confirm_seeds": args.confirm_seeds,
+        "status": {m: o.status for m, o in outs.items()},
+        "wall_s": {m: _r(walls[m], 2) for m in walls},
+        "search_wall_s": {m: compute[m]["search_wall_s"] for m in compute},
+        "confirm_wall_s": {m: compute[m]["confirm_wall_s"] for m in compute},
+        "total_steps": compute["on"]["total_steps"],
+        "speedup_wall": _r(walls["off"] / walls["on"], 2) if walls["on"] else None,
+        "same_candidates": list(per["off"]) == list(per["on"]),
+        "max_abs_loss_diff": _r(max(diffs), 6) if diffs else None,
+        "winner": {m: (o.winner or {}).get("arm") for m, o in outs.items()},
+        "same_winner": (outs["off"].winner or {}).get("arm") == (outs["on"].winner or {}).get("arm"),
+    }  # fmt: skip
+
+
+def _search_losses(out) -> dict[str, tuple[float | None, float | None]]:
+    """candidate id -> (final val loss, test loss), in ranking order."""
+    rs = [r for g in out.generations for r in g.ranked]
+    rs += list(out.confirmation.results) if out.confirmation else []
+    return {r.candidate.candidate_id: (r.final_val_loss, r.test_loss) for r in rs}
+
+
+def print_search(res: dict) -> None:
+    w, sw, cw = res["wall_s"], res["search_wall_s"], res["confirm_wall_s"]
+    print(
+        f"\n== whole search, {res['config']} on {res['gpu'] or res['device']}: generations "
+        f"{res['planned_generation_sizes']} x {res['steps_per_candidate']} steps, "
+        f"{res['confirm_seeds']} confirmation seeds, {res['total_steps']:,} steps\n"
+        f"  one at a time: {w['off']:.1f}s (search {sw['off']:.1f}s, confirmation {cw['off']:.1f}s)\n"
+        f"  batched:       {w['on']:.1f}s (search {sw['on']:.1f}s, confirmation {cw['on']:.1f}s)\n"
+        f"  speed-up {res['speedup_wall']}x; same candidates {res['same_candidates']}, "
+        f"max |loss diff| {res['max_abs_loss_diff']}, winner {res['winner']}",
+        file=sys.stderr,
+    )
+
+
 # -- concurrency slots (run_search with 1..N candidate threads) ----------------------
 
 
@@ -407,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.compare == "batched":
                 res = bench_batched(args, name, Path(d))
                 print_batched(res)
+            elif args.compare == "search":
+                res = bench_search(args, name, Path(d))
+                print_search(res)
             else:
                 res = bench_slots(args, name, Path(d))
             print(json.dumps(res), flush=True)

@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-chars", type=int, default=0 if cuda else 200_000,
                    help="use the first N characters of --data (0: all)")  # fmt: skip
     p.add_argument("--slots", type=int, default=None, help="default: the search's auto slots")
+    p.add_argument("--batched", choices=("auto", "on", "off"), default=None,
+                   help="each generation as one population (default: ALPHA_SEARCH_BATCHED, "
+                        "else on for CUDA); slots apply only when off")  # fmt: skip
     p.add_argument("--seed", type=int, default=1337)
     return p.parse_args(argv)
 
@@ -112,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         resolved = resolve(args, data, Path(d) / "run")
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON line
-            out = run_search(resolved, use_lake=False, progress=False, slots=args.slots)
+            out = run_search(
+                resolved, use_lake=False, progress=False, slots=args.slots, batched=args.batched
+            )
         wall = time.perf_counter() - t0
     s = out.summary
     res = {
@@ -125,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                  "steps_per_candidate": args.steps, "confirm_seeds": args.confirm_seeds,
                  "lr_gene": args.lr_gene},  # fmt: skip
         "status": out.status,
+        "batched": out.batched,
         "wall_s": round(wall, 1),
         "compute": s["compute"],
         "nominee": (s["nominee"] or {}).get("activation"),

@@ -44,9 +44,10 @@ How it is put together (and why it matches the single trainer):
 Differences from the single trainer, by design: with dropout > 0 the masks are
 drawn for the whole family at once (same distribution, other draws); on CUDA
 bf16 matmuls of another shape round differently, so losses agree within bf16
-noise, not bitwise (fp32 on CPU: ~1e-6). ``cfg.compile`` is not applied to the
-batched forward. A candidate that finishes early or whose hook raises stops
-being updated while its family still computes its slice (wasted work, not wrong).
+noise, not bitwise (fp32 on CPU: ~1e-6). ``cfg.compile`` compiles the batched
+forward of a family (when every member asked for it), not each candidate's
+``GPT``. A candidate that finishes early or whose hook raises stops being
+updated while its family still computes its slice (wasted work, not wrong).
 
 Imports torch, numpy and ``model.*`` only.
 """
@@ -55,6 +56,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -68,6 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model import signals
 from model.config import TrainConfig, check_inputs
 from model.errors import ConfigError
 from model.hooks import TrainerHook
@@ -92,18 +95,29 @@ def train_population(
     step_offsets: Sequence[int] | None = None,
     progress: bool = False,
     run_metas: Sequence[dict[str, Any] | None] | None = None,
+    eval_test: bool | None | Sequence[bool | None] = None,
+    allow_activation_change: bool | Sequence[bool] = False,
+    on_setup_error: Callable[[int, Exception], None] | None = None,
 ) -> list[TrainResult]:
     """Train ``cfgs`` as one batched population; one ``TrainResult`` per config, in order.
 
     Per candidate the semantics are those of ``model.trainer.train(cfgs[i],
-    hooks[i], run_id=..., step_offset=step_offsets[i], run_meta=run_metas[i])``.
-    ``run_id``: one id for all (a search) or one per candidate. ``ConfigError``
-    for bad input, raised before anything is written where it can be checked up
-    front (data files, devices, distinct run dirs).
+    hooks[i], run_id=..., step_offset=step_offsets[i], run_meta=run_metas[i],
+    eval_test=..., allow_activation_change=...)``; those two take one value for
+    all or one per candidate. ``run_id``: one id for all (a search) or one per
+    candidate. ``ConfigError`` for bad input, raised before anything is written
+    where it can be checked up front (data files, devices, distinct run dirs).
+
+    ``on_setup_error``: without it, a candidate whose setup (``Trainer(...)``)
+    raises stops the whole population (``train()`` would raise too). With it, it
+    is called with the candidate's index and the exception; if it returns, that
+    candidate is left out (its result: ``failed`` with the error) and the others
+    train; if it raises, the population stops with that exception.
     """
     return Population(
         cfgs, hooks, run_id=run_id, step_offsets=step_offsets, progress=progress,
-        run_metas=run_metas,
+        run_metas=run_metas, eval_test=eval_test,
+        allow_activation_change=allow_activation_change, on_setup_error=on_setup_error,
     ).fit()  # fmt: skip
 
 
@@ -123,6 +137,7 @@ class _Member:
         self.tps: list[float] = []
         self.t_end: float | None = None
         self.jsonl = None
+        self.checkpoint_due = False  # this step's checkpoint, written after its row
         self.params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
         self.family: _Family | None = None
         self.slot = 0  # position in its family
@@ -344,6 +359,9 @@ class Population:
         step_offsets: Sequence[int] | None = None,
         progress: bool = False,
         run_metas: Sequence[dict[str, Any] | None] | None = None,
+        eval_test: bool | None | Sequence[bool | None] = None,
+        allow_activation_change: bool | Sequence[bool] = False,
+        on_setup_error: Callable[[int, Exception], None] | None = None,
     ) -> None:
         n = len(cfgs)
         if n == 0:
@@ -352,23 +370,42 @@ class Population:
         ids = [run_id] * n if run_id is None or isinstance(run_id, str) else list(run_id)
         offsets = list(step_offsets) if step_offsets is not None else [0] * n
         metas = list(run_metas) if run_metas is not None else [None] * n
-        if not len(hooks) == len(ids) == len(offsets) == len(metas) == n:
-            raise ValueError("population: hooks, run ids, step offsets, run metas: one per config")
+        tests, acts = _per_candidate(eval_test, n), _per_candidate(allow_activation_change, n)
+        if not len(hooks) == len(ids) == len(offsets) == len(metas) == len(tests) == len(acts) == n:
+            raise ValueError(
+                "population: hooks, run ids, step offsets, run metas, eval_test, "
+                "allow_activation_change: one per config"
+            )
         _check_up_front(cfgs)
         self.progress = progress
         self.members: list[_Member] = []
-        for i, cfg in enumerate(cfgs):
-            trainer = Trainer(
-                cfg, hooks[i], run_id=ids[i], step_offset=offsets[i], progress=False,
-                run_meta=metas[i],
-            )  # fmt: skip
-            self.members.append(_Member(i, trainer))
-        if len({m.trainer.device for m in self.members}) > 1:
-            raise ConfigError("population: all candidates must train on one device")
-        groups: dict[tuple, list[_Member]] = {}
-        for m in self.members:
-            groups.setdefault(_family_key(m.trainer), []).append(m)
-        self.families = [_Family(ms) for ms in groups.values()]
+        self.setup_failed: dict[int, TrainResult] = {}  # index -> result, with on_setup_error
+        try:
+            for i, cfg in enumerate(cfgs):
+                try:
+                    trainer = Trainer(
+                        cfg, hooks[i], run_id=ids[i], step_offset=offsets[i], progress=False,
+                        run_meta=metas[i], eval_test=tests[i], allow_activation_change=acts[i],
+                    )  # fmt: skip
+                except Exception as exc:
+                    if on_setup_error is None:
+                        raise
+                    on_setup_error(i, exc)
+                    self.setup_failed[i] = TrainResult(
+                        ids[i] or "", str(cfg.run_dir or ""), "failed", error=_error_line(exc)
+                    )
+                    continue
+                self.members.append(_Member(i, trainer))
+            if len({m.trainer.device for m in self.members}) > 1:
+                raise ConfigError("population: all candidates must train on one device")
+            groups: dict[tuple, list[_Member]] = {}
+            for m in self.members:
+                groups.setdefault(_family_key(m.trainer), []).append(m)
+            self.families = [_Family(ms) for ms in groups.values()]
+        except BaseException:
+            for m in self.members:  # the run dirs set up so far are usable again
+                m.trainer.release_lock()
+            raise
 
     @property
     def trainers(self) -> list[Trainer]:
@@ -393,10 +430,13 @@ class Population:
                     "a", encoding="utf-8", buffering=1
                 )
                 self._guarded(m, lambda m=m: self._start(m))
-            while any(m.active for m in self.members):
-                self._step(t_start)
-                if bar is not None:
-                    bar.update(1)
+            with signals.training_loop():  # a SIGTERM stops after the step, as in train()
+                while any(m.active for m in self.members):
+                    self._step(t_start)
+                    if bar is not None:
+                        bar.update(1)
+                    if signals.stop_requested():
+                        raise signals.Terminated
         except KeyboardInterrupt:
             self._stop_all("interrupted", None)
         except Exception as exc:  # noqa: BLE001 - recorded in every active candidate's result
@@ -407,7 +447,9 @@ class Population:
                     m.jsonl.close()
             if bar is not None:
                 bar.close()
-        return [self._finish(m, t_start) for m in self.members]
+        done = {m.index: self._finish(m, t_start) for m in self.members}
+        done.update(self.setup_failed)
+        return [done[i] for i in sorted(done)]
 
     def _start(self, m: _Member) -> None:
         t = m.trainer
@@ -436,7 +478,9 @@ class Population:
             t.step = t.step_offset + local
             m.result.steps, m.result.last_loss = local, _finite(lv)
             m.result.losses.append(lv)
-        vals = self._evaluate([m for m in active if _eval_due(m.cfg, m.local)])
+        due = [m for m in active if _eval_due(m.cfg, m.local)]
+        vals = self._evaluate(due)
+        self._evaluate_test([m for m in due if m.trainer.eval_test and m.local == m.cfg.iters])
         for m in active:
             row = self._row(m, loss_v[m.pos], norm_v[m.pos], dt, t_start, vals, events[m.index])
             self._guarded(m, lambda m=m, row=row: self._after_step(m, row))
@@ -506,9 +550,18 @@ class Population:
             m.trainer.optimizer.step()
         return events
 
+    def _evaluate_test(self, due: list[_Member]) -> None:
+        """``TrainResult.test_loss`` at the last step, as ``Trainer`` does with ``eval_test``."""
+        for m in due:  # no test split: that candidate fails, as Trainer.evaluate would
+            self._guarded(m, lambda m=m: _require_split(m.trainer, "test"))
+        tests = self._evaluate([m for m in due if m.active], "test")
+        for m in due:
+            if m.index in tests:
+                m.result.test_loss = tests[m.index]
+
     @torch.no_grad()
-    def _evaluate(self, due: list[_Member]) -> dict[int, float | None]:
-        """Mean val loss over each due candidate's ``eval_iters`` batches of ``cfg.batch``.
+    def _evaluate(self, due: list[_Member], split: str = "val") -> dict[int, float | None]:
+        """Mean ``split`` loss over each due candidate's ``eval_iters`` batches of ``cfg.batch``.
 
         Batched per family; a candidate that is not due runs ignored dummy rows.
         """
@@ -520,7 +573,7 @@ class Population:
                 continue
             rounds = max(m.cfg.eval_iters for m in mine)
             fixed = {  # each candidate's fixed evaluation set, as Trainer.evaluate uses
-                m.index: list(m.trainer.data.fixed_batches("val", m.cfg.eval_iters, m.cfg.batch))
+                m.index: list(m.trainer.data.fixed_batches(split, m.cfg.eval_iters, m.cfg.batch))
                 for m in mine
             }
             per_round = []
@@ -552,14 +605,16 @@ class Population:
         vals: dict[int, float | None],
         events: list[str],
     ) -> dict[str, Any]:
-        """Eval bookkeeping and checkpoint (as ``Trainer._eval_and_checkpoint``), the row."""
+        """Eval bookkeeping and the checkpoint decision (as ``Trainer._step``); the row."""
         t, cfg, result = m.trainer, m.cfg, m.result
         val_loss = vals.get(m.index)
         if m.index in vals:
             result.final_val_loss = val_loss
             if val_loss is not None and (t.best_val_loss is None or val_loss < t.best_val_loss):
                 t.best_val_loss = val_loss
-        self._checkpoint_if_due(m, val_loss, events)
+        m.checkpoint_due = self._checkpoint_due(m, val_loss)
+        if m.checkpoint_due:
+            events.append("checkpoint")  # written by _after_step once the row is recorded
         clip_coef = _clip_coef(cfg.grad_clip, norm_v)
         tokens = m.batch_size * cfg.block * cfg.grad_accum
         return {
@@ -581,25 +636,28 @@ class Population:
         }
 
     @staticmethod
-    def _checkpoint_if_due(m: _Member, val_loss: float | None, events: list[str]) -> None:
-        """The checkpoint rule of ``Trainer._eval_and_checkpoint``: same steps, same file."""
-        t, cfg, local = m.trainer, m.cfg, m.local
+    def _checkpoint_due(m: _Member, val_loss: float | None) -> bool:
+        """The checkpoint rule of ``Trainer._is_checkpoint_step``: same steps, same file."""
+        cfg, local = m.cfg, m.local
+        if local == cfg.iters:
+            return True
         if cfg.checkpoint_interval:
-            due = local % cfg.checkpoint_interval == 0
-        else:
-            due = val_loss is not None
-        if due or local == cfg.iters:
-            t.save_checkpoint(local)
-            m.result.checkpoint_path = str(t.checkpoint_path)
-            events.append("checkpoint")
+            return local % cfg.checkpoint_interval == 0
+        return val_loss is not None
 
     @staticmethod
     def _after_step(m: _Member, row: dict[str, Any]) -> None:
+        """Hooks, the row in ``metrics.jsonl``, then the checkpoint: ``Trainer.fit``'s order."""
         m.times.append(row["ms_per_iter"])
         m.tps.append(row["tokens_per_sec"])
-        for hook in m.trainer.hooks:
-            hook.on_step_end(m.trainer, row)
+        t = m.trainer
+        for hook in t.hooks:
+            hook.on_step_end(t, row)
         m.jsonl.write(json.dumps(row, default=_json_default) + "\n")  # line-buffered
+        if m.checkpoint_due:  # only once the step's row is recorded
+            os.fsync(m.jsonl.fileno())
+            t.save_checkpoint(m.local)
+            m.result.checkpoint_path = str(t.checkpoint_path)
 
     def _guarded(self, m: _Member, fn: Callable[[], None]) -> None:
         """Run ``fn``; an exception fails this candidate only (Ctrl-C stops everyone)."""
@@ -614,7 +672,7 @@ class Population:
         m.active, m.t_end = False, time.perf_counter()
         m.result.status = status
         if exc is not None:
-            m.result.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            m.result.error = _error_line(exc)
             _atomic_write(m.trainer.run_dir / "error.log", traceback.format_exc())
 
     def _stop_all(self, status: str, exc: BaseException | None) -> None:
@@ -648,11 +706,27 @@ class Population:
             return None
         from tqdm import tqdm
 
-        total = max(m.cfg.iters - m.trainer.start_step for m in self.members)
+        total = max((m.cfg.iters - m.trainer.start_step for m in self.members), default=0)
         return tqdm(
             total=total, desc=f"population of {len(self.members)}", unit="it",
             dynamic_ncols=True, file=sys.stderr, leave=True,
         )  # fmt: skip
+
+
+def _per_candidate(value: Any, n: int) -> list[Any]:
+    """One value for all candidates, or a sequence with one per candidate."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value] * n
+
+
+def _error_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def _require_split(t: Trainer, split: str) -> None:
+    if split not in t.data.arrays:
+        raise ConfigError(f"evaluate: no {split!r} split (set --test-fraction for a test split)")
 
 
 def _eval_due(cfg: TrainConfig, local: int) -> bool:

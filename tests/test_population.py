@@ -224,3 +224,46 @@ def test_symbio_hook_sees_each_candidates_model(corpus: Path, tmp_path: Path) ->
                 assert (key in rs) == (key in rb), key
                 if key in rs:
                     assert rb[key] == pytest.approx(rs[key], rel=1e-3, abs=1e-6), key
+
+
+def test_eval_test_activation_change_and_setup_errors_per_candidate(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """What the search passes ``train()`` per candidate, given per candidate here too:
+    a continuation under another activation (gelu -> relu), a confirmation-style run
+    evaluated on the test split, and a candidate whose parent checkpoint is missing."""
+    from model.errors import CheckpointError
+    from model.rundir import run_dir_holder
+
+    split = {"test_fraction": 0.5, "eval_interval": 5}
+    (parent,) = train_population([tiny(corpus, tmp_path / "parent", iters=10, **split)])
+    resume = {"activation": "relu", "resume": str(tmp_path / "parent"), **split}
+    fresh = {"activation": "silu", "seed": 4, "iters": 12, **split}
+    alone = [
+        train(tiny(corpus, tmp_path / "s0", **resume), progress=False,
+              allow_activation_change=True, eval_test=False),
+        train(tiny(corpus, tmp_path / "s1", **fresh), progress=False, eval_test=True),
+    ]  # fmt: skip
+    cfgs = [
+        tiny(corpus, tmp_path / "b0", **resume),
+        tiny(corpus, tmp_path / "b1", resume=str(tmp_path / "gone"), **split),
+        tiny(corpus, tmp_path / "b2", **fresh),
+    ]
+    options = {"eval_test": [False, None, True], "allow_activation_change": [True, False, False]}
+    with pytest.raises(CheckpointError):  # without on_setup_error: train()'s behaviour
+        train_population(cfgs, **options)
+    assert run_dir_holder(tmp_path / "b0") is None  # the lock of the member set up is released
+    seen: list[tuple[int, str]] = []
+    cfgs[0] = tiny(corpus, tmp_path / "b0bis", **resume)  # b0 holds its config.json now
+    moved, missing, confirm = train_population(
+        cfgs, on_setup_error=lambda i, exc: seen.append((i, type(exc).__name__)), **options
+    )
+    assert seen == [(1, "CheckpointError")]
+    assert missing.status == "failed" and missing.error.startswith("CheckpointError: ")
+    assert missing.steps == 0 and not missing.losses
+    for s, b in zip(alone, (moved, confirm), strict=True):
+        assert_same_run(s, b)
+    assert moved.test_loss is None and alone[0].test_loss is None
+    assert confirm.test_loss == pytest.approx(alone[1].test_loss, rel=REL)
+    assert confirm.test_loss != confirm.final_val_loss  # another split
+    assert parent.test_loss is not None  # eval_test None: whenever there is a test split

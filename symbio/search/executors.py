@@ -1,4 +1,4 @@
-"""Plain-Python executor for the generation loop (no Prefect).
+"""Plain-Python executors for the generation loop (no Prefect).
 
 ``ThreadExecutor(slots)`` trains up to ``slots`` candidates of a generation at
 once on a thread pool; with ``slots=1`` they run one after another in the
@@ -11,6 +11,11 @@ uses every core, so the default there is one slot.
 On Ctrl-C (or any error) while candidates run on the pool, pending
 candidates are cancelled and, if the step callable has a ``stop()`` method,
 it is called so that running candidates end at their next step.
+
+``BatchedExecutor`` hands a generation's whole item list to the step
+callable's ``train_many(items)`` (``tasks.search_runner.CandidateTrainer``:
+one batched population, ``model.population``), so one kernel launch serves
+every candidate; a callable without it is called per item.
 """
 
 from __future__ import annotations
@@ -56,3 +61,32 @@ class ThreadExecutor:
             raise
         finally:
             pool.shutdown(wait=True)
+
+
+class BatchedExecutor:
+    """Steps run inline; ``map`` trains all items at once through ``fn.train_many``.
+
+    ``fn.train_many(items) -> list`` gets the whole list (one result per item, in
+    order). A single item, or a callable without ``train_many``, is called per
+    item (a population of one gains nothing). ``slots`` is 1: batching replaces
+    concurrent slots.
+    """
+
+    slots = 1
+    batched = True
+
+    def call(self, step: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    def map(
+        self, step: str, fn: Callable[..., Any], items: Sequence[tuple], names: Sequence[str]
+    ) -> list[Any]:
+        many = getattr(fn, "train_many", None)
+        if not callable(many) or len(items) <= 1:
+            return [fn(*item) for item in items]
+        results = list(many(list(items)))
+        if len(results) != len(items):
+            raise RuntimeError(
+                f"{step}: train_many returned {len(results)} results for {len(items)} items"
+            )
+        return results
