@@ -127,6 +127,10 @@ def test_a_submitted_run_trains_with_the_given_flags(
         "checkpoint_interval": 2,
         "sample_tokens": 0,
         "seed": 99,
+        "data_seed": 7,
+        "test_fraction": 0.25,
+        "spike_patience": 5,
+        "lr_decay_iters": 4,
         "run_dir": str(tmp_path / "run"),
     }
     assert set(flags) == {f[2:].replace("-", "_") for f, _, _ in TRAIN_FLAGS} - {
