@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from s3_server import BUCKET, S3Server, s3_env, s3_server  # noqa: F401 - the fixture
@@ -457,6 +458,32 @@ def test_backfill_lands_only_what_the_lake_lacks(
     assert backfill_run(lake, trainer.run_id, run / "metrics.jsonl").rows_missing == 0
     raw = scan_table(lake, "metrics", trainer.run_id).collect()["step"].to_list()
     assert sorted(raw) == list(range(1, 13))  # nothing landed twice
+
+
+def test_a_resume_removes_the_temp_files_a_killed_writer_left(
+    corpus: Path, tmp_path: Path, one_thread
+) -> None:
+    run = tmp_path / "run"
+    assert Trainer(_cfg(corpus, run, iters=8), progress=False).fit().status == "completed"
+    ckpt = (run / "checkpoint.safetensors").read_bytes()
+    stale = [run / ".checkpoint.safetensors.4242-1-0badf00d.tmp", run / "data" / ".train.bin.4242-1.tmp"]
+    stale[0].write_bytes(ckpt[: len(ckpt) // 2])  # a save cut short by kill -9
+    stale[1].write_bytes(b"\0" * 100)
+    (run / "notes.tmp").write_text("not a temp file of ours")
+    trainer = Trainer(_cfg(corpus, run, iters=12, resume=str(run)), progress=False)
+    assert not any(p.exists() for p in stale)
+    assert (run / "notes.tmp").exists() and (run / ".alpha.lock").exists()
+    assert trainer.fit().status == "completed"
+    assert not list(run.rglob(".*.tmp"))
+
+
+def test_token_files_on_a_full_disk_leave_no_temp_file(full_disk: Path) -> None:
+    from model.data import write_token_files
+
+    parts = {"train": np.arange(200_000, dtype=np.int64), "val": np.arange(10, dtype=np.int64)}
+    with pytest.raises(OSError):
+        write_token_files(parts, 65, full_disk / "data")
+    assert [p.name for p in full_disk.rglob("*") if p.is_file()] == ["filler"]
 
 
 def test_temp_names_are_unique_per_writer(tmp_path: Path) -> None:
