@@ -241,6 +241,7 @@ CASES: list[tuple[list[str], str]] = [
     ([T, "--lake", "ftp:/x"], "--lake: malformed lake URL"),
     # checkpoints (--resume)
     ([T, "--resume", "{garbage}"], "--resume: unreadable checkpoint"),
+    ([T, "--resume", "{fifo}"], "--resume: unreadable checkpoint"),
     ([T, "--resume", "{foreign}"], "is not an Alpha checkpoint"),
     ([T, "--resume", "{tmp}/nothing"], "--resume: checkpoint not found"),
     ([T, "--resume", "{truncated}", "--iters", "20"], "--resume: unreadable checkpoint"),
@@ -262,6 +263,7 @@ CASES: list[tuple[list[str], str]] = [
     ([T, "--symbio-config", "{tmp}/x.json"], "--symbio-config: only valid together with --symbio"),
     ([T, "--symbio", "--symbio-config", "{tmp}/x.json"], "--symbio-config: file not found"),
     ([T, "--symbio", "--symbio-config", "{sc_badjson}"], "--symbio-config:"),
+    ([T, "--symbio", "--symbio-config", "{fifo}"], "not a regular file"),
     ([T, "--symbio", "--symbio-config", "{sc_list}"], "must be a JSON object"),
     ([T, "--symbio", "--symbio-config", "{sc_unknown}"], "noSuchKey"),
     ([T, "--symbio", "--symbio-config", "{sc_type}"], "batchMin"),
@@ -271,6 +273,7 @@ CASES: list[tuple[list[str], str]] = [
     (["sample", "--checkpoint", "{tmp}/none"], "--checkpoint: checkpoint not found"),
     (["sample", "--checkpoint", "{foreign}"], "is not an Alpha checkpoint"),
     (["sample", "--checkpoint", "{garbage}"], "--checkpoint: unreadable checkpoint"),
+    (["sample", "--checkpoint", "{fifo}"], "not a regular file"),
     (["sample", "--checkpoint", "{garbage}", "--tokens", "-1"], "--tokens: must be >= 0"),
     (["sample", "--checkpoint", "{good}", "--temperature", "0"], "--temperature:"),
     (["sample", "--checkpoint", "{good}", "--top-k", "0"], "--top-k: must be >= 1"),
@@ -296,6 +299,7 @@ CASES: list[tuple[list[str], str]] = [
     (["submit", "--job-variables", "[1]"], "--job-variables: must be a JSON object"),
     (["submit", "--symbio", "--symbio-config", "{tmp}/x.json"], "--symbio-config: file not found"),
     (["submit", "--symbio", "--symbio-config", "{sc_badjson}"], "is not valid JSON"),
+    (["submit", "--symbio", "--symbio-config", "{fifo}"], "--symbio-config: not a regular file"),
     (["submit", "--symbio", "--symbio-config", "{sc_list}"], "must hold a JSON object"),
     (["nonsense"], "unknown command 'nonsense'"),
 ]
