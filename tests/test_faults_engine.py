@@ -281,7 +281,7 @@ def test_store_down_says_spooled_and_flush_lands_it(
     with s3_env(monkeypatch, server.endpoint):
         from storage.lake import s3_filesystem
 
-        s3_filesystem().mkdir(BUCKET)
+        s3_filesystem().makedirs(BUCKET, exist_ok=True)  # moto keeps buckets across servers
         server.stop()  # the store is down for the whole run
         env = {**env, **{k: os.environ[k] for k in os.environ if k.startswith("AWS_")}}
         run, url = tmp_path / "run", f"s3://{BUCKET}/down"
@@ -334,7 +334,7 @@ def test_full_spool_with_the_store_down_exits_1_saying_rows_were_lost(
     with s3_env(monkeypatch, server.endpoint):
         from storage.lake import s3_filesystem
 
-        s3_filesystem().mkdir(BUCKET)
+        s3_filesystem().makedirs(BUCKET, exist_ok=True)  # moto keeps buckets across servers
         server.stop()  # the store is down for the whole run
         env = {**env, **{k: os.environ[k] for k in os.environ if k.startswith("AWS_")}}
         env["ALPHA_SPOOL"] = str(full_disk / "spool")  # and the spool's disk is full
