@@ -84,7 +84,7 @@ def _runs(args: argparse.Namespace) -> int:
                 symbio=True if args.symbio else None,
                 domain=args.domain,
                 search=args.search,
-                limit=args.limit,
+                limit=min(args.limit, 1 << 31),  # more than any lake holds: all of them
             )
     except LakeError as exc:
         raise CliError(f"--lake: {exc}") from None

@@ -95,6 +95,8 @@ def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 def read_symbio_config(path: str) -> dict[str, Any]:
     p = Path(path).expanduser()
+    if p.exists() and not (p.is_file() or p.is_dir()):  # a FIFO would block forever
+        raise CliError(f"--symbio-config: not a regular file: {p}")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:

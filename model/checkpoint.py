@@ -72,6 +72,8 @@ def resolve_path(path: str | os.PathLike[str], flag: str = "--resume") -> Path:
         p = p / FILENAME
     if not p.exists():
         raise CheckpointError(f"{flag}: checkpoint not found: {p}")
+    if not p.is_file():  # a FIFO would block forever
+        raise CheckpointError(f"{flag}: unreadable checkpoint {p}: not a regular file")
     return p
 
 

@@ -86,10 +86,10 @@ class TrainConfig(BaseModel):
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # share of the non-train part held out
     # evaluation, logging, outputs
     eval_interval: int = Field(250, ge=1)
-    eval_iters: int = Field(20, ge=1)
+    eval_iters: int = Field(20, ge=1, le=1 << 20)
     log_interval: int = Field(10, ge=1)
     checkpoint_interval: int = Field(0, ge=0)  # 0: with every eval; always at the end
-    sample_tokens: int = Field(200, ge=0)
+    sample_tokens: int = Field(200, ge=0, le=1 << 20)
     run_dir: str | None = None
     resume: str | None = None
 
@@ -258,6 +258,8 @@ def check_text_file(path: str | os.PathLike[str], flag: str) -> Path:
         raise ConfigError(f"{flag}: file not found: {p}")
     if p.is_dir():
         raise ConfigError(f"{flag}: is a directory, not a text file: {p}")
+    if not p.is_file():  # a FIFO would block forever, /dev/zero never ends
+        raise ConfigError(f"{flag}: not a regular file: {p}")
     try:
         with p.open("rb") as f:
             head = f.read(1 << 16)

@@ -83,8 +83,12 @@ def write_token_files(
     for split, arr in parts.items():
         path = out_dir / f"{split}.bin"
         tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-        arr.astype(dtype).tofile(tmp)
-        os.replace(tmp, path)
+        try:
+            arr.astype(dtype).tofile(tmp)
+            os.replace(tmp, path)
+        except BaseException:  # disk full: leave no partial temp file
+            tmp.unlink(missing_ok=True)
+            raise
         paths[split] = path
     return paths
 

@@ -112,6 +112,21 @@ def tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{tag}.tmp")
 
 
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete temp files (``.*.tmp``) that dead writers left in a run dir and its ``data/``.
+
+    Call only while holding the folder's lock: then no live writer owns any of
+    them (a ``kill -9`` during a checkpoint save leaves one as big as the model).
+    """
+    removed = []
+    for folder in (path, path / "data"):
+        for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
 def _read_pid(fd: int) -> int:
     try:
         text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()

@@ -52,7 +52,7 @@ from model.data import SPLITS, TokenData, read_text, split_tokens, write_token_f
 from model.errors import ConfigError
 from model.gpt import GPT
 from model.hooks import TrainerHook
-from model.rundir import is_empty_run_dir, lock_run_dir, tmp_name
+from model.rundir import is_empty_run_dir, lock_run_dir, remove_stale_temps, tmp_name
 from model.sample import generate_text
 from model.tokenizer import Tokenizer, tokenizer_from_json, train_tokenizer
 
@@ -214,6 +214,8 @@ class Trainer:
         """Token files, samplers, tokenizer.json and config.json in the run dir."""
         cfg, vocab = self.cfg, self.tokenizer.vocab_size
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self._resuming_here:  # temp files of a killed writer (we hold the lock): free the space
+            remove_stale_temps(self.run_dir)
         paths = write_token_files(parts, vocab, self.run_dir / "data")
         data_seed = cfg.resolved_data_seed
         self.data = TokenData(paths, vocab, cfg.block, self.device, data_seed)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.exceptions import FSTimeoutError
 
 from storage.lake import COMMITS_DIR, QUARANTINE_DIR, Lake
 from storage.schema import PARTITION_KEY
@@ -51,10 +52,19 @@ def encode_parquet(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def put_object(lake: Lake, key: str, data: bytes) -> str:
+#: Most seconds one PUT to an object store may take. A stalled store (one that
+#: accepts the connection and never answers: aiohttp then waits for its
+#: ``100 Continue`` with no timeout at all) would otherwise hang the writer for
+#: good; a timed-out PUT is spooled and retried under the same key, never lost.
+PUT_TIMEOUT_S = 10.0
+
+
+def put_object(lake: Lake, key: str, data: bytes, *, timeout: float | None = None) -> str:
     """Store ``data`` at lake-relative ``key`` atomically; returns its path.
 
-    Raises whatever the filesystem raises (the sink spools and retries).
+    On an async object store (s3fs) each PUT is bounded by ``timeout``
+    (default ``PUT_TIMEOUT_S``; ``fsspec.FSTimeoutError`` past it). Raises
+    whatever the filesystem raises (the sink spools and retries).
     """
     path = lake.path(key)
     if lake.atomic_rename:
@@ -62,8 +72,16 @@ def put_object(lake: Lake, key: str, data: bytes) -> str:
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(target, data)
         return path
-    lake.fs.pipe_file(path, data)
-    lake.fs.pipe_file(lake.commit_marker(key), b"")
+    if not getattr(lake.fs, "async_impl", False):
+        lake.fs.pipe_file(path, data)
+        lake.fs.pipe_file(lake.commit_marker(key), b"")
+        return path
+    seconds = PUT_TIMEOUT_S if timeout is None else timeout
+    try:  # the sync wrapper of an async filesystem takes ``timeout`` (and cancels the PUT)
+        lake.fs.pipe_file(path, data, timeout=seconds)
+        lake.fs.pipe_file(lake.commit_marker(key), b"", timeout=seconds)
+    except FSTimeoutError:
+        raise TimeoutError(f"the store did not answer a PUT within {seconds:g}s") from None
     return path
 
 

@@ -177,6 +177,8 @@ def load_symbio_config(
 
 def _read_json(path: str | Path) -> Any:
     p = Path(path)
+    if p.exists() and not (p.is_file() or p.is_dir()):  # a FIFO would block forever
+        raise SymbioConfigError(f"symbio config: not a regular file: {p}")
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:

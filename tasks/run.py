@@ -100,17 +100,24 @@ def lake_verdict(stats: Any, rows_produced: int | None) -> LakeVerdict:
     if quarantined:
         notes.append(f"{quarantined} rows quarantined")
     if lost:
-        problem = getattr(stats, "problem", None)
-        why = f": {problem}" if problem else ""
         return LakeVerdict(
             note="; ".join([f"{lost} rows lost", *notes]),
-            error=f"{lost} metric rows reached neither the lake nor the spool{why}; "
-            "metrics.jsonl in the run dir still has them (alpha lake flush --run-dir DIR)",
+            error=f"{lost} rows lost, kept neither in the lake nor in the spool"
+            f"{_causes(getattr(stats, 'problem', None))}; metrics.jsonl in the run dir still "
+            "has the metric rows (alpha lake flush --run-dir DIR)",
             exit_code=1,
         )
     if rows_produced and landed == 0 and not notes:
         notes.append("the lake got no rows")
     return LakeVerdict(note="; ".join(notes) or None)
+
+
+def _causes(problem: str | None) -> str:
+    """`` (why)`` from a sink's problem line ``"N row(s) lost: why"``, or ``""``."""
+    if not problem:
+        return ""
+    head, sep, why = problem.partition(" lost: ")
+    return f" ({why if sep and head.endswith('row(s)') else problem})"
 
 
 def execute(

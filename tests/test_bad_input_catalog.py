@@ -110,6 +110,11 @@ def _truncated(tmp: Path, good: Path) -> Path:
     return run
 
 
+def _fifo(tmp: Path, good: Path) -> Path:
+    os.mkfifo(tmp / "pipe")  # opening it would block until a writer comes
+    return tmp / "pipe"
+
+
 def _copy_of_good(tmp: Path, good: Path) -> Path:
     shutil.copytree(good, tmp / "copy")
     return tmp / "copy"
@@ -142,6 +147,7 @@ INPUTS: dict[str, Callable[[Path, Path], Path]] = {
     "foreign": _foreign,
     "truncated": _truncated,
     "good": _copy_of_good,
+    "fifo": _fifo,
     "nonempty": _nonempty,
     "emptydir": _empty_dir,
     "jsonl_only": _jsonl_only,
@@ -191,6 +197,9 @@ CASES: list[tuple[list[str], str]] = [
     ([T, "--data", "{binary}"], "--data: not a UTF-8 text file"),
     ([T, "--data", "{short}", "--block", "64"], "--data: the train split has"),
     ([T, "--val-data", "{tmp}/missing.txt"], "--val-data: file not found"),
+    ([T, "--data", "{fifo}"], "--data: not a regular file"),
+    ([T, "--data", "/dev/zero"], "--data: not a regular file: /dev/zero"),
+    ([T, "--val-data", "/dev/zero"], "--val-data: not a regular file"),
     # flag values
     ([T, "--activation", "tanh"], "--activation:"),
     ([T, "--domain", "poetry"], "--domain: unknown domain 'poetry'"),
@@ -211,6 +220,8 @@ CASES: list[tuple[list[str], str]] = [
     ([T, "--grad-clip=-1"], "--grad-clip:"),
     ([T, "--seed", "-1"], "--seed:"),
     ([T, "--eval-interval", "0"], "--eval-interval:"),
+    ([T, "--eval-iters", "100000000000"], "--eval-iters: input should be less than or equal to"),
+    ([T, "--sample-tokens", "100000000000"], "--sample-tokens: input should be less than"),
     ([T, "--lr", "1e-4", "--lr-min", "1e-3"], "--lr-min: 0.001 is larger than lr"),
     ([T, "--compile=yes"], "argument --compile: ignored explicit argument"),
     ([T, "--no-such-flag"], "unrecognized arguments"),
@@ -230,6 +241,7 @@ CASES: list[tuple[list[str], str]] = [
     ([T, "--lake", "ftp:/x"], "--lake: malformed lake URL"),
     # checkpoints (--resume)
     ([T, "--resume", "{garbage}"], "--resume: unreadable checkpoint"),
+    ([T, "--resume", "{fifo}"], "--resume: unreadable checkpoint"),
     ([T, "--resume", "{foreign}"], "is not an Alpha checkpoint"),
     ([T, "--resume", "{tmp}/nothing"], "--resume: checkpoint not found"),
     ([T, "--resume", "{truncated}", "--iters", "20"], "--resume: unreadable checkpoint"),
@@ -251,6 +263,7 @@ CASES: list[tuple[list[str], str]] = [
     ([T, "--symbio-config", "{tmp}/x.json"], "--symbio-config: only valid together with --symbio"),
     ([T, "--symbio", "--symbio-config", "{tmp}/x.json"], "--symbio-config: file not found"),
     ([T, "--symbio", "--symbio-config", "{sc_badjson}"], "--symbio-config:"),
+    ([T, "--symbio", "--symbio-config", "{fifo}"], "not a regular file"),
     ([T, "--symbio", "--symbio-config", "{sc_list}"], "must be a JSON object"),
     ([T, "--symbio", "--symbio-config", "{sc_unknown}"], "noSuchKey"),
     ([T, "--symbio", "--symbio-config", "{sc_type}"], "batchMin"),
@@ -260,6 +273,7 @@ CASES: list[tuple[list[str], str]] = [
     (["sample", "--checkpoint", "{tmp}/none"], "--checkpoint: checkpoint not found"),
     (["sample", "--checkpoint", "{foreign}"], "is not an Alpha checkpoint"),
     (["sample", "--checkpoint", "{garbage}"], "--checkpoint: unreadable checkpoint"),
+    (["sample", "--checkpoint", "{fifo}"], "not a regular file"),
     (["sample", "--checkpoint", "{garbage}", "--tokens", "-1"], "--tokens: must be >= 0"),
     (["sample", "--checkpoint", "{good}", "--temperature", "0"], "--temperature:"),
     (["sample", "--checkpoint", "{good}", "--top-k", "0"], "--top-k: must be >= 1"),
@@ -285,6 +299,7 @@ CASES: list[tuple[list[str], str]] = [
     (["submit", "--job-variables", "[1]"], "--job-variables: must be a JSON object"),
     (["submit", "--symbio", "--symbio-config", "{tmp}/x.json"], "--symbio-config: file not found"),
     (["submit", "--symbio", "--symbio-config", "{sc_badjson}"], "is not valid JSON"),
+    (["submit", "--symbio", "--symbio-config", "{fifo}"], "--symbio-config: not a regular file"),
     (["submit", "--symbio", "--symbio-config", "{sc_list}"], "must hold a JSON object"),
     (["nonsense"], "unknown command 'nonsense'"),
 ]
@@ -357,6 +372,14 @@ def test_a_run_dir_in_use_is_refused(case_dir: Path, good_run: Path, capsys) -> 
             assert code == 2 and out == "", (argv, out, err)
             assert err.count("\n") == 1 and f"is in use by a live alpha run (pid {os.getpid()})" in err
         assert snapshot(case_dir) == before
+
+
+def test_a_runs_limit_beyond_any_lake_lists_them_all(case_dir: Path, capsys) -> None:
+    from lake_fixtures import write_run
+
+    write_run(str(case_dir / "lake"), "only-1", status="completed")
+    code, out, err = run_main(["runs", "--limit", "9" * 25, "--lake", str(case_dir / "lake")], capsys)
+    assert (code, err) == (0, "") and [x.split()[0] for x in out.splitlines()] == ["RUN", "only-1"]
 
 
 def test_memory_limit_override_is_checked(case_dir: Path, monkeypatch, capsys) -> None:

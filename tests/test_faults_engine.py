@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from s3_server import BUCKET, S3Server, s3_env, s3_server  # noqa: F401 - the fixture
@@ -280,7 +281,7 @@ def test_store_down_says_spooled_and_flush_lands_it(
     with s3_env(monkeypatch, server.endpoint):
         from storage.lake import s3_filesystem
 
-        s3_filesystem().mkdir(BUCKET)
+        s3_filesystem().makedirs(BUCKET, exist_ok=True)  # moto keeps buckets across servers
         server.stop()  # the store is down for the whole run
         env = {**env, **{k: os.environ[k] for k in os.environ if k.startswith("AWS_")}}
         run, url = tmp_path / "run", f"s3://{BUCKET}/down"
@@ -302,6 +303,74 @@ def test_store_down_says_spooled_and_flush_lands_it(
             server.stop()
 
 
+@pytest.fixture
+def full_disk(tmp_path: Path):
+    """A real 256 KiB tmpfs, filled to the last byte (needs root, as in CI)."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()[:120]}")
+    try:
+        with open(mnt / "filler", "wb", buffering=0) as fh:
+            try:
+                while True:
+                    fh.write(b"\0" * 4096)
+            except OSError:
+                pass
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+def test_full_spool_with_the_store_down_exits_1_saying_rows_were_lost(
+    corpus: Path, tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+    full_disk: Path,
+) -> None:  # fmt: skip
+    """Rows that can be kept nowhere: exit 1, one error line, no hang; metrics.jsonl recovers."""
+    server = S3Server()
+    server.start()
+    with s3_env(monkeypatch, server.endpoint):
+        from storage.lake import s3_filesystem
+
+        s3_filesystem().makedirs(BUCKET, exist_ok=True)  # moto keeps buckets across servers
+        server.stop()  # the store is down for the whole run
+        env = {**env, **{k: os.environ[k] for k in os.environ if k.startswith("AWS_")}}
+        env["ALPHA_SPOOL"] = str(full_disk / "spool")  # and the spool's disk is full
+        env.pop("ALPHA_LAKE_GATE")  # the production gate (GX in a child process)
+        run, url = tmp_path / "run", f"s3://{BUCKET}/full"
+        proc = start(["train", "--data", str(corpus), *TINY, "--iters=20", "--eval-interval=10",
+                      f"--run-dir={run}", f"--lake={url}"], tmp_path, env)  # fmt: skip
+        code, out, err = finish(proc, timeout=120)  # a hang fails here
+
+        assert code == 1, (out[-600:], err[-2000:])
+        assert "Traceback" not in err and "timed out" not in err  # no close() timeout either
+        footer = [x for x in out.splitlines() if x.startswith("alpha train: ")][-1]
+        assert footer.startswith("alpha train: completed (22 rows lost) after 20 steps"), footer
+        errors = [x for x in err.splitlines() if x.startswith("alpha train: error:")]
+        assert len(errors) == 1, err
+        assert errors[0].startswith("alpha train: error: 22 rows lost, kept neither in the lake "
+                                    "nor in the spool (the lake was unreachable (")  # fmt: skip
+        assert "No space left on device" in errors[0] and str(full_disk / "spool") in errors[0]
+        assert f"alpha lake flush --run-dir {run} --lake {url}" in errors[0]
+        assert sorted(p.name for p in full_disk.rglob("*") if p.is_file()) == ["filler"]
+        assert jsonl_steps(run / "metrics.jsonl") == list(range(1, 21))  # the run dir kept them
+
+        # what the error line promises: with the store back, the run dir refills the lake
+        server.start()
+        try:
+            flush = subprocess.run([*ALPHA, "lake", "flush", "--run-dir", str(run), "--lake", url],
+                                   cwd=tmp_path, env=env, capture_output=True, text=True,
+                                   timeout=120)  # fmt: skip
+            assert flush.returncode == 0, flush.stderr
+            run_id = json.loads((run / "config.json").read_text())["run_id"]
+            steps = run_metrics(open_lake(url), run_id, ["step"])["step"].to_list()
+            assert steps == list(range(1, 21))
+        finally:
+            server.stop()
+
+
 def test_lake_verdict_from_sink_stats() -> None:
     """Old sinks (no rows_spooled: spooled rows counted as landed) and new ones alike."""
     old = SimpleNamespace(rows_landed=10, rows_quarantined=0, rows_rescued=0, spool_left=0)
@@ -315,7 +384,10 @@ def test_lake_verdict_from_sink_stats() -> None:
     assert v.note == "5 rows spooled, run alpha lake flush; 1 rows quarantined" and v.exit_code == 0
     lost = SimpleNamespace(**{**vars(new), "rows_spooled": 0, "rows_lost": 5, "problem": "disk full"})
     v = lake_verdict(lost, 10)
-    assert v.exit_code == 1 and v.note.startswith("5 rows lost") and "disk full" in v.error
+    assert v.exit_code == 1 and v.note.startswith("5 rows lost")
+    assert v.error.startswith("5 rows lost, kept neither in the lake nor in the spool (disk full);")
+    lost.problem = "5 row(s) lost: the lake was unreachable (X)"
+    assert "spool (the lake was unreachable (X)); metrics.jsonl" in lake_verdict(lost, 10).error
     unaccounted = lake_verdict(old, 13)  # 3 rows never reached the writer
     assert unaccounted.exit_code == 1 and unaccounted.note.startswith("3 rows lost")
     nothing = SimpleNamespace(rows_landed=0, rows_quarantined=0, rows_rescued=0, spool_left=0)
@@ -386,6 +458,32 @@ def test_backfill_lands_only_what_the_lake_lacks(
     assert backfill_run(lake, trainer.run_id, run / "metrics.jsonl").rows_missing == 0
     raw = scan_table(lake, "metrics", trainer.run_id).collect()["step"].to_list()
     assert sorted(raw) == list(range(1, 13))  # nothing landed twice
+
+
+def test_a_resume_removes_the_temp_files_a_killed_writer_left(
+    corpus: Path, tmp_path: Path, one_thread
+) -> None:
+    run = tmp_path / "run"
+    assert Trainer(_cfg(corpus, run, iters=8), progress=False).fit().status == "completed"
+    ckpt = (run / "checkpoint.safetensors").read_bytes()
+    stale = [run / ".checkpoint.safetensors.4242-1-0badf00d.tmp", run / "data" / ".train.bin.4242-1.tmp"]
+    stale[0].write_bytes(ckpt[: len(ckpt) // 2])  # a save cut short by kill -9
+    stale[1].write_bytes(b"\0" * 100)
+    (run / "notes.tmp").write_text("not a temp file of ours")
+    trainer = Trainer(_cfg(corpus, run, iters=12, resume=str(run)), progress=False)
+    assert not any(p.exists() for p in stale)
+    assert (run / "notes.tmp").exists() and (run / ".alpha.lock").exists()
+    assert trainer.fit().status == "completed"
+    assert not list(run.rglob(".*.tmp"))
+
+
+def test_token_files_on_a_full_disk_leave_no_temp_file(full_disk: Path) -> None:
+    from model.data import write_token_files
+
+    parts = {"train": np.arange(200_000, dtype=np.int64), "val": np.arange(10, dtype=np.int64)}
+    with pytest.raises(OSError):
+        write_token_files(parts, 65, full_disk / "data")
+    assert [p.name for p in full_disk.rglob("*") if p.is_file()] == ["filler"]
 
 
 def test_temp_names_are_unique_per_writer(tmp_path: Path) -> None:

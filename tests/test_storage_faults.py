@@ -7,7 +7,9 @@ import datetime as dt
 import json
 import math
 import os
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ import pytest
 from s3_server import BUCKET, s3_server  # noqa: F401 - the fixture
 
 from flows.cli import main as alpha
-from storage import reader
+from storage import reader, writer
 from storage.lake import open_lake
 from storage.schema import columns
 from storage.sink import MetricSink
@@ -252,6 +254,52 @@ def test_full_lake_disk_leaves_no_partial_tmp_and_spooled_rows_land_with_flush(
     assert alpha(["lake", "flush", "--lake", str(tiny_disk / "lake")]) == 0
     assert sorted(r["step"] for r in _lake_rows(tiny_disk / "lake", "full-3")) == list(range(1, 91))
     assert reader.get_run(lake, "full-3")["status"] == "running"
+
+
+@pytest.fixture
+def stalled_store(monkeypatch) -> Iterator[str]:
+    """A loopback endpoint that accepts connections and never answers (a hung S3)."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        srv.close()
+
+
+def test_a_stalled_store_bounds_each_put_and_its_rows_are_spooled_not_lost(
+    s3_server, stalled_store, spool_dir, monkeypatch  # noqa: F811
+):
+    """aiohttp waits for ``100 Continue`` forever: without a bound the writer hung."""
+    monkeypatch.setattr(writer, "PUT_TIMEOUT_S", 1.0)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", stalled_store)
+    url = f"s3://{BUCKET}/stalled"
+    sink = MetricSink(open_lake(url), "stall-1", max_rows=10, register_atexit=False)
+    for step in range(1, 31):
+        sink.put(_row(step))
+    stats = sink.close(timeout=30)
+    assert not sink._thread.is_alive()  # the writer was not stuck in a PUT
+    assert (stats.rows_landed, stats.rows_spooled, stats.rows_lost) == (0, 30, 0)
+    assert "did not answer a PUT within 1s" in stats.problem and "timed out" not in stats.problem
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)  # the store answers again
+    assert alpha(["lake", "flush"]) == 0
+    assert reader.run_metrics(open_lake(url), "stall-1")["step"].to_list() == list(range(1, 31))
 
 
 # -- rescued rows -------------------------------------------------------------------
