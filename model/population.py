@@ -57,7 +57,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -682,24 +681,8 @@ class Population:
 
     def _finish(self, m: _Member, t_start: float) -> TrainResult:
         """``Trainer.fit``'s epilogue for one candidate: summary, sample, ``on_train_end``."""
-        t, result = m.trainer, m.result
-        warm = slice(1, None) if len(m.times) > 1 else slice(None)
-        result.elapsed_s = (m.t_end or time.perf_counter()) - t_start
-        result.ms_per_iter_median = statistics.median(m.times[warm]) if m.times else None
-        result.tokens_per_sec_mean = statistics.fmean(m.tps[warm]) if m.tps else None
-        result.mfu = t._mfu(result.tokens_per_sec_mean)
-        result.best_val_loss = t.best_val_loss
-        if result.status == "completed":
-            t._write_sample()
-        for hook in t.hooks:
-            try:
-                hook.on_train_end(t, result)
-            except Exception as exc:  # noqa: BLE001 - on_train_end must not break the run
-                print(
-                    f"warning: hook {type(hook).__name__}.on_train_end failed: {exc}",
-                    file=sys.stderr,
-                )
-        return result
+        elapsed = (m.t_end or time.perf_counter()) - t_start
+        return m.trainer.finish_result(m.result, m.times, m.tps, elapsed)
 
     def _progress_bar(self):
         if not self.progress:

@@ -419,8 +419,17 @@ class Trainer:
             jsonl.close()
             if bar is not None:
                 bar.close()
-        warm = slice(1, None) if len(times) > 1 else slice(None)
-        result.elapsed_s = time.perf_counter() - t_start
+        return self.finish_result(result, times, tps, time.perf_counter() - t_start)
+
+    def finish_result(
+        self, result: TrainResult, times: list[float], tps: list[float], elapsed_s: float
+    ) -> TrainResult:
+        """The run's epilogue: step-time summary, sample, ``on_train_end`` hooks.
+
+        Shared with ``model.population``, which steps many trainers at once.
+        """
+        warm = slice(1, None) if len(times) > 1 else slice(None)  # step 1 pays the warm-up
+        result.elapsed_s = elapsed_s
         result.ms_per_iter_median = statistics.median(times[warm]) if times else None
         result.tokens_per_sec_mean = statistics.fmean(tps[warm]) if tps else None
         result.mfu = self._mfu(result.tokens_per_sec_mean)

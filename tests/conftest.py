@@ -8,6 +8,7 @@ costs ~17 s, so it is session-scoped and only tests that ask for it pay.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,13 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 30k characters of the shipped corpus: enough for tiny models."""
+    from model.config import SHIPPED_CORPUS
+
+    path = tmp_path_factory.mktemp("data") / "tiny.txt"
+    path.write_text(SHIPPED_CORPUS.read_text(encoding="utf-8")[:30_000], encoding="utf-8")
+    return path

@@ -15,7 +15,6 @@ import torch
 
 from flows import cli_train
 from flows.cli import main
-from model.config import SHIPPED_CORPUS
 
 ROOT = Path(__file__).resolve().parents[1]
 ALPHA = [str(ROOT / ".venv" / "bin" / "alpha")]
@@ -25,13 +24,6 @@ TINY = [
     "--device=cpu", "--batch", "4", "--block=32", "--dim", "32", "--heads=2", "--layers=2",
     "--eval-interval=10", "--eval-iters", "2", "--sample-tokens=20", "--lr=3e-3",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "tiny.txt"
-    path.write_text(SHIPPED_CORPUS.read_text(encoding="utf-8")[:30_000], encoding="utf-8")
-    return path
 
 
 def alpha(*args: str, cwd: Path) -> subprocess.CompletedProcess:

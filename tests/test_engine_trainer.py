@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from model import checkpoint as ckpt_io
-from model.config import SHIPPED_CORPUS, build_train_config
+from model.config import build_train_config
 from model.errors import CheckpointError, ConfigError
 from model.hooks import TrainerHook
 from model.trainer import Trainer, lr_at, train
@@ -22,13 +22,6 @@ ROW_KEYS = {
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "tiny.txt"
-    path.write_text(SHIPPED_CORPUS.read_text(encoding="utf-8")[:30_000], encoding="utf-8")
-    return path
 
 
 def tiny(corpus: Path, run_dir: Path, **kw):

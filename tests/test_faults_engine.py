@@ -32,7 +32,7 @@ from s3_server import BUCKET, S3Server, s3_env, s3_server  # noqa: F401 - the fi
 from safetensors.torch import load_file
 
 from model import checkpoint as ckpt_io
-from model.config import SHIPPED_CORPUS, build_train_config
+from model.config import build_train_config
 from model.hooks import TrainerHook
 from model.rundir import tmp_name
 from model.trainer import Trainer
@@ -50,13 +50,6 @@ TINY = [
     "--device=cpu", "--batch=4", "--block=32", "--dim=32", "--heads=2", "--layers=2",
     "--eval-iters=2", "--sample-tokens=0", "--lr=3e-3",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "tiny.txt"
-    path.write_text(SHIPPED_CORPUS.read_text(encoding="utf-8")[:30_000], encoding="utf-8")
-    return path
 
 
 @pytest.fixture

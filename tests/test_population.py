@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from model import checkpoint as ckpt_io
-from model.config import SHIPPED_CORPUS, build_train_config
+from model.config import build_train_config
 from model.hooks import TrainerHook
 from model.population import Population, train_population
 from model.trainer import Trainer, train
@@ -29,13 +29,6 @@ ROW_KEYS = {
 REL = 1e-5
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "tiny.txt"
-    path.write_text(SHIPPED_CORPUS.read_text(encoding="utf-8")[:30_000], encoding="utf-8")
-    return path
 
 
 def tiny(corpus: Path, run_dir: Path, **kw):

@@ -9,20 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import SHIPPED_CORPUS, ModelConfig, build_train_config
+from model.config import ModelConfig, build_train_config
 from model.data import split_tokens
 from model.errors import CheckpointError, ConfigError
 from model.gpt import GPT
 from model.trainer import Trainer, lr_at, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "tiny.txt"
-    path.write_text(SHIPPED_CORPUS.read_text(encoding="utf-8")[:30_000], encoding="utf-8")
-    return path
 
 
 def tiny(corpus: Path, run_dir: Path, **kw):
