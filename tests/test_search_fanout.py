@@ -244,16 +244,21 @@ def _ts(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+#: Long enough (~10 s of tiny-model training) that the two candidates overlap even when one
+#: worker's flow-run process starts seconds after the other's on a loaded 2-core box.
+STEPS = 1200
+
+
 @pytest.mark.slow
 def test_search_fans_out_to_two_workers_and_matches_the_local_search(cluster: Cluster) -> None:
     """The same seeded search twice in one flow process: candidates dispatched to the
     two candidate workers (overlapping, in two processes), then as local threads."""
     c = cluster
     symbio = {"activationPool": ["gelu", "relu"], "populationSize": 2, "generations": 1,
-              "stepsPerCandidate": 300, "confirmSeeds": 0}  # fmt: skip
-    remote = c.params("fanout-remote", symbio, eval_interval=300, search_dispatch="deployment",
+              "stepsPerCandidate": STEPS, "confirmSeeds": 0}  # fmt: skip
+    remote = c.params("fanout-remote", symbio, eval_interval=STEPS, search_dispatch="deployment",
                       search_parallel=2)  # fmt: skip
-    local = c.params("fanout-local", symbio, eval_interval=300)
+    local = c.params("fanout-local", symbio, eval_interval=STEPS)
     code = (
         "import json, sys; from flows.alpha_flow import alpha\n"
         "r = alpha(**json.loads(sys.argv[1])); l = alpha(**json.loads(sys.argv[2]))\n"
@@ -279,7 +284,7 @@ def test_search_fans_out_to_two_workers_and_matches_the_local_search(cluster: Cl
     assert [{k: w[k] for k in stable} for w in winners] == [{k: winners[1][k] for k in stable}] * 2
     steps = run_metrics(lake, remote_id)["step"].to_list()
     assert sorted(steps) == sorted(run_metrics(lake, local_id)["step"].to_list())
-    assert len(steps) == len(set(steps)) == 2 * 300
+    assert len(steps) == len(set(steps)) == 2 * STEPS
 
     records = _records(c.tmp / "lake", remote_id)
     assert sorted(records) == sorted(r["candidate_id"] for r in got)
