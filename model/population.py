@@ -61,7 +61,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +76,6 @@ from model.trainer import (
     Trainer,
     TrainResult,
     _atomic_write,
-    _clip_coef,
     _finite,
     _json_default,
     lr_at,
@@ -605,44 +603,16 @@ class Population:
         events: list[str],
     ) -> dict[str, Any]:
         """Eval bookkeeping and the checkpoint decision (as ``Trainer._step``); the row."""
-        t, cfg, result = m.trainer, m.cfg, m.result
+        t, result = m.trainer, m.result
         val_loss = vals.get(m.index)
         if m.index in vals:
             result.final_val_loss = val_loss
             if val_loss is not None and (t.best_val_loss is None or val_loss < t.best_val_loss):
                 t.best_val_loss = val_loss
-        m.checkpoint_due = self._checkpoint_due(m, val_loss)
+        m.checkpoint_due = t.is_checkpoint_step(m.local, val_loss)
         if m.checkpoint_due:
             events.append("checkpoint")  # written by _after_step once the row is recorded
-        clip_coef = _clip_coef(cfg.grad_clip, norm_v)
-        tokens = m.batch_size * cfg.block * cfg.grad_accum
-        return {
-            "run_id": t.run_id,
-            "step": t.step,
-            "loss": _finite(loss_v),
-            "val_loss": val_loss,
-            "lr": m.lr,
-            "grad_norm": _finite(norm_v),
-            "clip_coef": clip_coef,
-            "clip_pct": None if clip_coef is None else 1.0 - clip_coef,
-            "tokens_per_sec": tokens / dt,
-            "ms_per_iter": dt * 1000.0,
-            "elapsed_ms": (time.perf_counter() - t_start) * 1000.0,
-            "batch_size": m.batch_size,
-            "mfu": t._mfu(tokens / dt),
-            "timestamp": datetime.now(UTC),
-            "event": ",".join(events) or None,
-        }
-
-    @staticmethod
-    def _checkpoint_due(m: _Member, val_loss: float | None) -> bool:
-        """The checkpoint rule of ``Trainer._is_checkpoint_step``: same steps, same file."""
-        cfg, local = m.cfg, m.local
-        if local == cfg.iters:
-            return True
-        if cfg.checkpoint_interval:
-            return local % cfg.checkpoint_interval == 0
-        return val_loss is not None
+        return t.step_row(loss_v, norm_v, val_loss, m.lr, m.batch_size, dt, t_start, events)
 
     @staticmethod
     def _after_step(m: _Member, row: dict[str, Any]) -> None:

@@ -466,9 +466,24 @@ class Trainer:
         result.steps, result.last_loss = local, _finite(loss_v)
         result.losses.append(loss_v)
         val_loss = self._evaluate_if_due(local, result)
-        self._checkpoint_due = self._is_checkpoint_step(local, val_loss)
+        self._checkpoint_due = self.is_checkpoint_step(local, val_loss)
         if self._checkpoint_due:
             events.append("checkpoint")  # written by fit() once this row is recorded
+        return self.step_row(loss_v, norm_v, val_loss, lr, batch_size, dt, t_start, events)
+
+    def step_row(
+        self,
+        loss_v: float,
+        norm_v: float,
+        val_loss: float | None,
+        lr: float,
+        batch_size: int,
+        dt: float,
+        t_start: float,
+        events: list[str],
+    ) -> dict[str, Any]:
+        """The ``metrics`` row of the step just taken (shared with ``model.population``)."""
+        cfg = self.cfg
         clip_coef = _clip_coef(cfg.grad_clip, norm_v)
         tokens = batch_size * cfg.block * cfg.grad_accum
         return {
@@ -564,7 +579,8 @@ class Trainer:
             result.test_loss = self.evaluate("test")
         return val_loss
 
-    def _is_checkpoint_step(self, local: int, val_loss: float | None) -> bool:
+    def is_checkpoint_step(self, local: int, val_loss: float | None) -> bool:
+        """The last step, every ``checkpoint_interval``, else every eval (shared with population)."""
         cfg = self.cfg
         if local == cfg.iters:
             return True
